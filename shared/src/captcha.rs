@@ -1,0 +1,341 @@
+//! The CAPTCHA service: creates one-time challenges and verifies answers. A challenge is a
+//! file `var/tmp/captcha/{id}.toml` holding a salted hash of the answer (never the answer),
+//! its expiry, the wrong attempts so far and whether it was used. Verification runs under
+//! the lock `captcha_{id}`, so one challenge can pass at most once even when the same
+//! answer arrives twice at the same moment. Ids that are not exactly what we issue (32
+//! lower-case hex digits) are refused before they come near a path.
+
+use crate::error::Result;
+use crate::lock::{LockKey, LockRunner};
+use crate::state::{self, Durability, Loaded, TriggerReason, Validate};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Characters a challenge is made of: no 0/O, 1/I/L, 2/Z, 5/S, 8/B, so nobody fails on a
+/// glyph that could be two.
+pub const ALPHABET: &[u8] = b"ACDEFHJKMNPRTUVWXY34679";
+
+/// Length of a challenge id in hex digits (128 random bits).
+pub const ID_LEN: usize = 32;
+
+/// A challenge as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    /// `sha256(salt, id, answer)` in hex.
+    pub answer_hash: String,
+    /// Unix time of creation.
+    pub created_at: u64,
+    /// Unix time after which it never passes.
+    pub expires_at: u64,
+    /// Wrong answers so far.
+    pub attempts: u32,
+    /// True once it passed (or was burnt by too many wrong answers).
+    pub used: bool,
+}
+
+impl Validate for Stored {
+    fn validate(&self, now: u64) -> std::result::Result<(), String> {
+        if self.answer_hash.len() != 64 || !self.answer_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("answer_hash is not a sha256 hex digest".into());
+        }
+        if self.created_at > now + state::CLOCK_SLACK || self.expires_at < self.created_at {
+            return Err("time stamps out of range".into());
+        }
+        Ok(())
+    }
+}
+
+/// A fresh challenge: the id goes to the client, the answer only into the image.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// Public id.
+    pub id: String,
+    /// The text to render.
+    pub answer: String,
+    /// Unix expiry.
+    pub expires_at: u64,
+}
+
+/// How a verification ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Correct, first use: the challenge is now used up.
+    Passed,
+    /// Wrong answer; this many tries remain.
+    Wrong {
+        /// Tries left before the challenge is burnt.
+        attempts_left: u32,
+    },
+    /// Too many wrong answers: the challenge is burnt.
+    Exhausted,
+    /// Too old.
+    Expired,
+    /// Passed before: replays never pass.
+    Used,
+    /// No such challenge (never issued, swept, or a hostile id).
+    Unknown,
+}
+
+/// What the decision policy wants done with a challenge.
+#[derive(Debug, Clone)]
+pub enum ActionPlan {
+    /// Answer without changing anything.
+    Refuse(Outcome),
+    /// Store the updated challenge, then answer.
+    Update(Stored, Outcome),
+    /// Delete the challenge (it expired), then answer.
+    Delete(Outcome),
+}
+
+/// The decision policy for one verification.
+pub fn decide(stored: Option<&Stored>, answer_ok: bool, now: u64, max_attempts: u32) -> ActionPlan {
+    let Some(s) = stored else {
+        return ActionPlan::Refuse(Outcome::Unknown);
+    };
+    if s.used {
+        return ActionPlan::Refuse(if s.attempts >= max_attempts {
+            Outcome::Exhausted
+        } else {
+            Outcome::Used
+        });
+    }
+    if now >= s.expires_at {
+        return ActionPlan::Delete(Outcome::Expired);
+    }
+    let mut next = s.clone();
+    if answer_ok {
+        next.used = true;
+        return ActionPlan::Update(next, Outcome::Passed);
+    }
+    next.attempts += 1;
+    if next.attempts >= max_attempts {
+        next.used = true;
+        ActionPlan::Update(next, Outcome::Exhausted)
+    } else {
+        let attempts_left = max_attempts - next.attempts;
+        ActionPlan::Update(next, Outcome::Wrong { attempts_left })
+    }
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Secret mixed into answer hashes.
+    pub salt: String,
+    /// Time a challenge may be answered in.
+    pub lifetime: Duration,
+    /// Wrong answers tolerated.
+    pub max_attempts: u32,
+    /// Characters per answer.
+    pub length: usize,
+}
+
+/// The CAPTCHA service over one runtime tree.
+#[derive(Debug, Clone)]
+pub struct CaptchaService {
+    dir: PathBuf,
+    locks: LockRunner,
+    settings: Settings,
+}
+
+/// True for ids of the form we issue.
+pub fn is_valid_id(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Upper-cases the answer and drops whitespace, so "ab c7" and "ABC7" are the same.
+fn normalize_answer(answer: &str) -> String {
+    answer
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+impl CaptchaService {
+    /// A service storing challenges in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, locks: LockRunner, settings: Settings) -> Self {
+        CaptchaService {
+            dir: dir.into(),
+            locks,
+            settings,
+        }
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.toml"))
+    }
+
+    fn hash(&self, id: &str, answer: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(b"formwarden-captcha\0");
+        h.update(self.settings.salt.as_bytes());
+        h.update(b"\0");
+        h.update(id.as_bytes());
+        h.update(b"\0");
+        h.update(normalize_answer(answer).as_bytes());
+        crate::random::hex(&h.finalize())
+    }
+
+    /// Creates and stores a new challenge (under its own lock, like every write).
+    pub fn create(&self, now: u64) -> Result<Challenge> {
+        let id = crate::random::hex(&crate::random::bytes::<16>()?);
+        let answer = crate::random::from_alphabet(ALPHABET, self.settings.length)?;
+        let expires_at = now + self.settings.lifetime.as_secs();
+        let stored = Stored {
+            answer_hash: self.hash(&id, &answer),
+            created_at: now,
+            expires_at,
+            attempts: 0,
+            used: false,
+        };
+        let path = self.path_of(&id);
+        self.locks.run(&LockKey::captcha(&id), || {
+            state::write_with(&path, &stored, Durability::Ephemeral)
+        })?;
+        Ok(Challenge {
+            id,
+            answer,
+            expires_at,
+        })
+    }
+
+    /// Verifies `answer` for challenge `id`, once, under `captcha_{id}`.
+    pub fn verify(&self, id: &str, answer: &str, now: u64) -> Result<Outcome> {
+        if !is_valid_id(id) {
+            return Ok(Outcome::Unknown);
+        }
+        let path = self.path_of(id);
+        self.locks.run(&LockKey::captcha(id), || {
+            let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::ContactPost)?;
+            // Answers longer than any challenge cannot be right; skip hashing them.
+            let answer_ok = answer.len() <= 64
+                && stored.as_ref().is_some_and(|s| {
+                    crate::random::constant_time_eq(
+                        self.hash(id, answer).as_bytes(),
+                        s.answer_hash.as_bytes(),
+                    )
+                });
+            match decide(stored.as_ref(), answer_ok, now, self.settings.max_attempts) {
+                ActionPlan::Refuse(o) => Ok(o),
+                ActionPlan::Update(s, o) => {
+                    state::write_with(&path, &s, Durability::Ephemeral)?;
+                    Ok(o)
+                }
+                ActionPlan::Delete(o) => {
+                    crate::atomic::remove(&path)?;
+                    Ok(o)
+                }
+            }
+        })
+    }
+
+    /// Removes expired challenges and their lock files, each under its lock; busy ones are
+    /// skipped until the next sweep.
+    pub fn sweep(&self, now: u64) -> Result<usize> {
+        let mut removed = 0;
+        for path in crate::sweep::entries(&self.dir, ".toml")? {
+            let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Some(guard) = self.locks.try_acquire(&LockKey::captcha(&id))? else {
+                continue;
+            };
+            let gone = match state::read::<Stored>(&path, now)? {
+                Loaded::Valid(s) => now >= s.expires_at,
+                Loaded::Invalid(reason) => {
+                    state::reset(&path, &reason, TriggerReason::Sweep)?;
+                    true
+                }
+                Loaded::Missing => true,
+            };
+            if gone {
+                crate::atomic::remove(&path)?;
+                guard.release_and_unlink()?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(expires_at: u64) -> Stored {
+        Stored {
+            answer_hash: "0".repeat(64),
+            created_at: 0,
+            expires_at,
+            attempts: 0,
+            used: false,
+        }
+    }
+
+    #[test]
+    fn a_challenge_passes_once() {
+        let ActionPlan::Update(s, Outcome::Passed) = decide(Some(&stored(100)), true, 10, 3) else {
+            panic!("pass")
+        };
+        assert!(matches!(
+            decide(Some(&s), true, 11, 3),
+            ActionPlan::Refuse(Outcome::Used)
+        ));
+    }
+
+    #[test]
+    fn wrong_answers_are_bounded() {
+        let mut s = stored(100);
+        for left in [2, 1] {
+            match decide(Some(&s), false, 10, 3) {
+                ActionPlan::Update(n, Outcome::Wrong { attempts_left }) => {
+                    assert_eq!(attempts_left, left);
+                    s = n;
+                }
+                other => panic!("expected wrong, got {other:?}"),
+            }
+        }
+        let ActionPlan::Update(s, Outcome::Exhausted) = decide(Some(&s), false, 10, 3) else {
+            panic!("burnt")
+        };
+        assert!(matches!(
+            decide(Some(&s), true, 10, 3),
+            ActionPlan::Refuse(Outcome::Exhausted)
+        ));
+    }
+
+    #[test]
+    fn expired_and_unknown_never_pass() {
+        assert!(matches!(
+            decide(Some(&stored(100)), true, 100, 3),
+            ActionPlan::Delete(Outcome::Expired)
+        ));
+        assert!(matches!(
+            decide(None, true, 1, 3),
+            ActionPlan::Refuse(Outcome::Unknown)
+        ));
+    }
+
+    #[test]
+    fn ids_are_checked_strictly() {
+        assert!(is_valid_id(&"a".repeat(32)));
+        assert!(!is_valid_id(&"A".repeat(32)));
+        assert!(!is_valid_id("../../etc/passwd"));
+        assert!(!is_valid_id(&"a".repeat(33)));
+        assert!(!is_valid_id("ääääääääääääääää"));
+    }
+
+    #[test]
+    fn answers_compare_case_and_space_insensitively() {
+        assert_eq!(normalize_answer(" ab c7\t"), "ABC7");
+    }
+}

@@ -1,0 +1,675 @@
+//! The runtime configuration: `var/config/config.toml` is its only source. This module
+//! parses it strictly (unknown keys are errors), fills in defaults, and checks every value
+//! against its allowed range, naming the key in every message. It never reads settings from
+//! the process environment: under CGI that environment partly comes from the visitor.
+
+use crate::error::{Error, Result};
+use crate::net::ProxyList;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The shortest `ip_salt` we accept. 32 characters of random text are far beyond guessing,
+/// which is what keeps the hashed client keys from being reversed by trying all addresses.
+pub const MIN_SALT_LEN: usize = 32;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Secret mixed into every client key and CAPTCHA hash.
+    pub ip_salt: String,
+    /// CAPTCHA images one client may fetch per window.
+    pub captcha_max_get: u32,
+    /// Contact posts one client may make per window.
+    pub contact_max_post: u32,
+    /// Length of the fixed rate-limit window.
+    pub rate_limit_window: Duration,
+    /// How long a challenge may be answered.
+    pub captcha_lifetime: Duration,
+    /// Wrong answers a challenge tolerates before it is burnt.
+    pub captcha_max_attempts: u32,
+    /// Characters per challenge.
+    pub captcha_length: usize,
+    /// How long a lock is waited for before the request is answered with 503.
+    pub lock_wait: Duration,
+    /// The longest single sleep between lock attempts while polling.
+    pub lock_poll: Duration,
+    /// The largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Page language: `en`, `de` or `auto` (from `Accept-Language`).
+    pub language: Language,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: ProxyList,
+    /// Shown on pages and in the mail subject.
+    pub site_name: String,
+    /// Mail settings.
+    pub mail: MailConfig,
+    /// Token profiles.
+    pub tokens: TokensConfig,
+    /// Where the config was read from, for messages.
+    pub path: PathBuf,
+}
+
+/// Page language choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// Pick per request from `Accept-Language`, English when nothing matches.
+    Auto,
+    /// Always English.
+    En,
+    /// Always German.
+    De,
+}
+
+/// How and where mail goes.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// The fixed `From` address.
+    pub from: String,
+    /// Recipients; only ever from here, never from the visitor.
+    pub to: Vec<String>,
+    /// Put before the visitor's subject.
+    pub subject_prefix: String,
+    /// The transport.
+    pub transport: Transport,
+    /// Delivered messages to keep in `spool/sent/` (0 deletes them after delivery).
+    pub keep_sent: usize,
+    /// Delivery attempts before a message moves to `spool/failed/`.
+    pub max_attempts: u32,
+    /// Age after which an undelivered message moves to `spool/failed/`.
+    pub max_age: Duration,
+    /// First retry delay; it doubles with every failed attempt.
+    pub retry_backoff: Duration,
+}
+
+/// A mail transport.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Write each message as an `.eml` file into a folder.
+    File {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Pipe each message to a sendmail-compatible program.
+    Sendmail {
+        /// The program.
+        command: PathBuf,
+    },
+    /// Speak SMTP to a server.
+    Smtp(SmtpConfig),
+}
+
+/// SMTP transport settings.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Server name (also used for the TLS certificate check).
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// How the connection is secured.
+    pub security: SmtpSecurity,
+    /// AUTH user name, if any.
+    pub username: Option<String>,
+    /// AUTH password, if any.
+    pub password: Option<String>,
+    /// Extra CA certificate (PEM) to trust, e.g. for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Connect/command timeout.
+    pub timeout: Duration,
+    /// Name sent in EHLO.
+    pub hello_name: String,
+}
+
+/// SMTP connection security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// STARTTLS required.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: allowed only towards a loopback address.
+    Plain,
+}
+
+/// Token service settings.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// The profile whose tokens may rotate other profiles over HTTP.
+    pub admin_profile: String,
+    /// Configured profiles by name.
+    pub profiles: BTreeMap<String, TokenProfile>,
+}
+
+/// One token profile.
+#[derive(Debug, Clone)]
+pub struct TokenProfile {
+    /// Lifetime of a freshly issued token (`None`: until rotated away).
+    pub lifetime: Option<Duration>,
+    /// How long the previous tokens stay valid after a rotation.
+    pub grace: Duration,
+    /// Upper bound of tokens kept in the list.
+    pub max_tokens: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    ip_salt: Option<String>,
+    captcha_max_get: Option<i64>,
+    contact_max_post: Option<i64>,
+    rate_limit_window_seconds: Option<i64>,
+    captcha_lifetime_seconds: Option<i64>,
+    captcha_max_attempts: Option<i64>,
+    captcha_length: Option<i64>,
+    lock_wait_ms: Option<i64>,
+    lock_poll_ms: Option<i64>,
+    max_body_bytes: Option<i64>,
+    language: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    site_name: Option<String>,
+    mail: Option<RawMail>,
+    tokens: Option<RawTokens>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    subject_prefix: Option<String>,
+    transport: Option<String>,
+    keep_sent: Option<i64>,
+    max_attempts: Option<i64>,
+    max_age_hours: Option<i64>,
+    retry_backoff_seconds: Option<i64>,
+    file: Option<RawFile>,
+    sendmail: Option<RawSendmail>,
+    smtp: Option<RawSmtp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSendmail {
+    command: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Option<String>,
+    port: Option<i64>,
+    security: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<String>,
+    timeout_seconds: Option<i64>,
+    hello_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    admin_profile: Option<String>,
+    profiles: Option<BTreeMap<String, RawProfile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    lifetime_seconds: Option<i64>,
+    grace_seconds: Option<i64>,
+    max_tokens: Option<i64>,
+}
+
+/// Checks one integer setting against its range, naming the key when it is off.
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn int(&self, key: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64> {
+        let v = v.unwrap_or(default);
+        if v < min || v > max {
+            return Err(Error::config(
+                self.path,
+                key,
+                format!("{v} is out of range (allowed {min} to {max})"),
+            ));
+        }
+        Ok(v)
+    }
+    fn secs(
+        &self,
+        key: &str,
+        v: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<Duration> {
+        Ok(Duration::from_secs(
+            self.int(key, v, default, min, max)? as u64
+        ))
+    }
+    fn text(&self, key: &str, v: Option<String>, default: &str, max_len: usize) -> Result<String> {
+        let v = v.unwrap_or_else(|| default.to_string());
+        if v.chars().any(char::is_control) {
+            return Err(Error::config(self.path, key, "contains control characters"));
+        }
+        if v.len() > max_len {
+            return Err(Error::config(
+                self.path,
+                key,
+                format!("longer than {max_len} bytes"),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ConfigMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            // toml names unknown keys in the message; for type errors the key is the one
+            // on the line the span points at, so we extract it for the operator.
+            let key = e
+                .span()
+                .and_then(|s| key_at(text, s.start))
+                .unwrap_or_else(|| unknown_key(&message).unwrap_or_else(|| "?".into()));
+            Error::config(path, key, message)
+        })?;
+        let c = Checker { path };
+
+        let ip_salt = match raw.ip_salt {
+            None => {
+                return Err(Error::config(
+                    path,
+                    "ip_salt",
+                    "is required: set it to at least 32 random characters, e.g. the output of \
+                     `head -c 32 /dev/urandom | base64`",
+                ));
+            }
+            Some(s) => s,
+        };
+        if ip_salt.trim().len() < MIN_SALT_LEN {
+            return Err(Error::config(
+                path,
+                "ip_salt",
+                format!("is too short: at least {MIN_SALT_LEN} random characters are needed"),
+            ));
+        }
+        if ip_salt.contains("CHANGE-ME") {
+            return Err(Error::config(
+                path,
+                "ip_salt",
+                "still holds the example value: replace it with random characters",
+            ));
+        }
+        let distinct: std::collections::BTreeSet<char> = ip_salt.chars().collect();
+        if distinct.len() < 8 {
+            return Err(Error::config(
+                path,
+                "ip_salt",
+                "is not random: too few distinct characters",
+            ));
+        }
+
+        let language = match raw.language.as_deref().unwrap_or("auto") {
+            "auto" => Language::Auto,
+            "en" => Language::En,
+            "de" => Language::De,
+            other => {
+                return Err(Error::config(
+                    path,
+                    "language",
+                    format!("`{other}` is not one of auto, en, de"),
+                ));
+            }
+        };
+        let trusted_proxies = ProxyList::parse(&raw.trusted_proxies.unwrap_or_default())
+            .map_err(|m| Error::config(path, "trusted_proxies", m))?;
+        let lock_wait =
+            Duration::from_millis(c.int("lock_wait_ms", raw.lock_wait_ms, 300, 10, 30_000)? as u64);
+        let lock_poll =
+            Duration::from_millis(c.int("lock_poll_ms", raw.lock_poll_ms, 25, 1, 1_000)? as u64);
+
+        Ok(Config {
+            ip_salt,
+            captcha_max_get: c.int("captcha_max_get", raw.captcha_max_get, 30, 1, 1_000_000)?
+                as u32,
+            contact_max_post: c.int("contact_max_post", raw.contact_max_post, 5, 1, 1_000_000)?
+                as u32,
+            rate_limit_window: c.secs(
+                "rate_limit_window_seconds",
+                raw.rate_limit_window_seconds,
+                3600,
+                1,
+                7 * 86_400,
+            )?,
+            captcha_lifetime: c.secs(
+                "captcha_lifetime_seconds",
+                raw.captcha_lifetime_seconds,
+                900,
+                1,
+                86_400,
+            )?,
+            captcha_max_attempts: c.int(
+                "captcha_max_attempts",
+                raw.captcha_max_attempts,
+                3,
+                1,
+                20,
+            )? as u32,
+            captcha_length: c.int("captcha_length", raw.captcha_length, 5, 4, 8)? as usize,
+            lock_wait,
+            lock_poll,
+            max_body_bytes: c.int(
+                "max_body_bytes",
+                raw.max_body_bytes,
+                32 * 1024,
+                1024,
+                1024 * 1024,
+            )? as usize,
+            language,
+            trusted_proxies,
+            site_name: c.text("site_name", raw.site_name, "formwarden", 200)?,
+            mail: parse_mail(&c, raw.mail)?,
+            tokens: parse_tokens(&c, raw.tokens)?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
+    let path = c.path;
+    let raw = raw.unwrap_or(RawMail {
+        from: None,
+        to: None,
+        subject_prefix: None,
+        transport: None,
+        keep_sent: None,
+        max_attempts: None,
+        max_age_hours: None,
+        retry_backoff_seconds: None,
+        file: None,
+        sendmail: None,
+        smtp: None,
+    });
+    let from = c.text(
+        "mail.from",
+        raw.from,
+        "formwarden <formwarden@localhost>",
+        320,
+    )?;
+    crate::mail::check_mailbox(&from).map_err(|m| Error::config(path, "mail.from", m))?;
+    let to = raw
+        .to
+        .unwrap_or_else(|| vec!["owner@localhost".to_string()]);
+    if to.is_empty() {
+        return Err(Error::config(
+            path,
+            "mail.to",
+            "needs at least one recipient",
+        ));
+    }
+    for t in &to {
+        c.text("mail.to", Some(t.clone()), "", 320)?;
+        crate::mail::check_mailbox(t).map_err(|m| Error::config(path, "mail.to", m))?;
+    }
+    let transport = match raw.transport.as_deref().unwrap_or("file") {
+        "file" => Transport::File {
+            dir: PathBuf::from(c.text(
+                "mail.file.dir",
+                raw.file.and_then(|f| f.dir),
+                "var/mail-out",
+                4096,
+            )?),
+        },
+        "sendmail" => Transport::Sendmail {
+            command: PathBuf::from(c.text(
+                "mail.sendmail.command",
+                raw.sendmail.and_then(|s| s.command),
+                "/usr/sbin/sendmail",
+                4096,
+            )?),
+        },
+        "smtp" => {
+            let s = raw.smtp.ok_or_else(|| {
+                Error::config(
+                    path,
+                    "mail.smtp",
+                    "transport = \"smtp\" needs a [mail.smtp] section",
+                )
+            })?;
+            let host = c.text("mail.smtp.host", s.host, "", 253)?;
+            if host.is_empty() {
+                return Err(Error::config(
+                    path,
+                    "mail.smtp.host",
+                    "is required for SMTP",
+                ));
+            }
+            let security = match s.security.as_deref().unwrap_or("starttls") {
+                "starttls" => SmtpSecurity::StartTls,
+                "tls" => SmtpSecurity::Tls,
+                "plain" => SmtpSecurity::Plain,
+                other => {
+                    return Err(Error::config(
+                        path,
+                        "mail.smtp.security",
+                        format!("`{other}` is not one of starttls, tls, plain"),
+                    ));
+                }
+            };
+            if security == SmtpSecurity::Plain && !crate::net::is_loopback_host(&host) {
+                return Err(Error::config(
+                    path,
+                    "mail.smtp.security",
+                    "plain (unencrypted) SMTP is only allowed towards a loopback address",
+                ));
+            }
+            let default_port = match security {
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::StartTls => 587,
+                SmtpSecurity::Plain => 25,
+            };
+            if s.username.is_some() != s.password.is_some() {
+                return Err(Error::config(
+                    path,
+                    "mail.smtp.username",
+                    "username and password must be set together",
+                ));
+            }
+            Transport::Smtp(SmtpConfig {
+                port: c.int("mail.smtp.port", s.port, default_port, 1, 65_535)? as u16,
+                security,
+                username: s.username,
+                password: s.password,
+                ca_file: s.ca_file.map(PathBuf::from),
+                timeout: c.secs("mail.smtp.timeout_seconds", s.timeout_seconds, 10, 1, 300)?,
+                hello_name: c.text("mail.smtp.hello_name", s.hello_name, "localhost", 253)?,
+                host,
+            })
+        }
+        other => {
+            return Err(Error::config(
+                path,
+                "mail.transport",
+                format!("`{other}` is not one of file, sendmail, smtp"),
+            ));
+        }
+    };
+    Ok(MailConfig {
+        from,
+        to,
+        subject_prefix: c.text("mail.subject_prefix", raw.subject_prefix, "[Contact] ", 100)?,
+        transport,
+        keep_sent: c.int("mail.keep_sent", raw.keep_sent, 0, 0, 100_000)? as usize,
+        max_attempts: c.int("mail.max_attempts", raw.max_attempts, 10, 1, 1000)? as u32,
+        max_age: c
+            .secs(
+                "mail.max_age_hours",
+                raw.max_age_hours.map(|h| h.saturating_mul(3600)),
+                72 * 3600,
+                3600,
+                90 * 86_400,
+            )
+            .map_err(|_| {
+                Error::config(
+                    path,
+                    "mail.max_age_hours",
+                    "is out of range (allowed 1 to 2160)",
+                )
+            })?,
+        retry_backoff: c.secs(
+            "mail.retry_backoff_seconds",
+            raw.retry_backoff_seconds,
+            60,
+            0,
+            86_400,
+        )?,
+    })
+}
+
+fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig> {
+    let raw = raw.unwrap_or(RawTokens {
+        admin_profile: None,
+        profiles: None,
+    });
+    let mut profiles = BTreeMap::new();
+    for (name, p) in raw.profiles.unwrap_or_default() {
+        let key = format!("tokens.profiles.{name}");
+        crate::tokens::check_profile_name(&name)
+            .map_err(|m| Error::config(c.path, key.clone(), m))?;
+        let lifetime = c.int(
+            &format!("{key}.lifetime_seconds"),
+            p.lifetime_seconds,
+            0,
+            0,
+            10 * 365 * 86_400,
+        )?;
+        profiles.insert(
+            name,
+            TokenProfile {
+                lifetime: (lifetime > 0).then(|| Duration::from_secs(lifetime as u64)),
+                grace: c.secs(
+                    &format!("{key}.grace_seconds"),
+                    p.grace_seconds,
+                    86_400,
+                    0,
+                    365 * 86_400,
+                )?,
+                max_tokens: c.int(&format!("{key}.max_tokens"), p.max_tokens, 16, 1, 10_000)?
+                    as usize,
+            },
+        );
+    }
+    let admin_profile = c.text("tokens.admin_profile", raw.admin_profile, "admin", 32)?;
+    crate::tokens::check_profile_name(&admin_profile)
+        .map_err(|m| Error::config(c.path, "tokens.admin_profile", m))?;
+    Ok(TokensConfig {
+        admin_profile,
+        profiles,
+    })
+}
+
+/// The key written on the line that contains byte offset `at`, if the line is `key = …`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+}
+
+/// The key named in toml's "unknown field `x`" message.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.split_once("unknown field `")?.1;
+    Some(rest.split_once('`')?.0.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SALT: &str = "ip_salt = \"q8Jr2mX0vT5nL7wZ1cB4kH9pF3sD6gA0eY2uI8oR\"\n";
+
+    fn parse(extra: &str) -> Result<Config> {
+        Config::parse(&format!("{SALT}{extra}"), Path::new("config.toml"))
+    }
+
+    fn key_of(r: Result<Config>) -> String {
+        match r {
+            Err(Error::ConfigInvalid { key, .. }) => key,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.lock_wait, Duration::from_millis(300));
+        assert_eq!(c.lock_poll, Duration::from_millis(25));
+        assert_eq!(c.captcha_max_get, 30);
+    }
+
+    #[test]
+    fn missing_short_and_example_salts_are_refused_by_name() {
+        let r = Config::parse("", Path::new("c"));
+        assert_eq!(key_of(r), "ip_salt");
+        let r = Config::parse("ip_salt = \"short\"", Path::new("c"));
+        assert_eq!(key_of(r), "ip_salt");
+        let r = Config::parse(&format!("ip_salt = \"{}\"", "a".repeat(40)), Path::new("c"));
+        assert_eq!(key_of(r), "ip_salt");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        assert_eq!(key_of(parse("captcha_max_gett = 3\n")), "captcha_max_gett");
+        assert_eq!(
+            key_of(parse("captcha_max_get = \"many\"\n")),
+            "captcha_max_get"
+        );
+        assert_eq!(key_of(parse("captcha_max_get = 0\n")), "captcha_max_get");
+        assert_eq!(key_of(parse("lock_wait_ms = -5\n")), "lock_wait_ms");
+        assert_eq!(
+            key_of(parse("[mail]\nto = [\"a@b\\r\\nBcc: x@y\"]\n")),
+            "mail.to"
+        );
+        assert_eq!(
+            key_of(parse("[tokens.profiles.\"../x\"]\n")),
+            "tokens.profiles.../x"
+        );
+    }
+
+    #[test]
+    fn plain_smtp_is_loopback_only() {
+        let r = parse(
+            "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mail.example.com\"\nsecurity = \"plain\"\n",
+        );
+        assert_eq!(key_of(r), "mail.smtp.security");
+        assert!(parse("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nsecurity = \"plain\"\n").is_ok());
+    }
+}

@@ -1,0 +1,466 @@
+//! The three HTTP endpoints (CAPTCHA GET, contact POST, token verify/rotate) as functions
+//! from a request to a response, plus the mapping from library errors to HTTP answers.
+//! Executables call these and write the result; the functions never panic on input and
+//! never print anything themselves. Each answer is a real status code: 405 wrong method,
+//! 411/413/415/400 bad bodies, 422 bad fields, 403 failed CAPTCHA, 429 over the limit,
+//! 503 with `Retry-After` when a lock or the disk is temporarily unavailable, 500 when
+//! the installation is broken.
+
+use crate::app::App;
+use crate::captcha::Outcome;
+use crate::cgi::{BodyError, Request, Response};
+use crate::config::Language;
+use crate::error::Error;
+use crate::form::{self, FieldError, Fields, Problem};
+use crate::json::Json;
+use crate::pages::{self, Lang, Msg, PageCtx, text};
+use crate::ratelimit::{Bucket, Verdict};
+use crate::state::now;
+use std::io::Read;
+
+/// Name of the cookie that carries the challenge id to a plain HTML form.
+pub const CAPTCHA_COOKIE: &str = "fw_captcha";
+
+fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
+    let language = app.map_or(Language::Auto, |a| a.config.language);
+    let contact_url = if own == "contact" {
+        req.script_name().to_string()
+    } else {
+        req.sibling_url(own, "contact")
+    };
+    PageCtx {
+        lang: Lang::choose(language, req),
+        site_name: app.map_or_else(|| "formwarden".to_string(), |a| a.config.site_name.clone()),
+        contact_url,
+        captcha_url: req.sibling_url(own, "captcha"),
+        json: req.wants_json(),
+    }
+}
+
+/// Maps a library error to an answer, logging it once for the operator.
+pub fn error_response(ctx: &PageCtx, e: &Error, form: Option<&Fields>, saving: bool) -> Response {
+    if e.is_temporary() {
+        tracing::warn!(error = %e, "temporarily unavailable");
+        let retry = if matches!(e, Error::LockTimeout { .. }) {
+            1
+        } else {
+            60
+        };
+        let msg = if saving {
+            text(ctx.lang, Msg::NotReceived)
+        } else {
+            text(ctx.lang, Msg::Busy)
+        };
+        let detail = e.to_string();
+        return pages::error(ctx, 503, "unavailable", msg, &[], form, Some(&detail))
+            .header("Retry-After", retry.to_string());
+    }
+    tracing::error!(error = %e, "request failed");
+    let msg = if saving {
+        text(ctx.lang, Msg::NotReceived)
+    } else {
+        text(ctx.lang, Msg::ServerError)
+    };
+    pages::error(ctx, 500, "server_error", msg, &[], form, None)
+}
+
+fn method_not_allowed(ctx: &PageCtx, allow: &str) -> Response {
+    pages::error(
+        ctx,
+        405,
+        "method_not_allowed",
+        text(ctx.lang, Msg::WrongMethod),
+        &[],
+        None,
+        None,
+    )
+    .header("Allow", allow)
+}
+
+fn rate_limited(ctx: &PageCtx, retry_after: u64, form: Option<&Fields>) -> Response {
+    pages::error(
+        ctx,
+        429,
+        "rate_limited",
+        text(ctx.lang, Msg::RateLimited),
+        &[],
+        form,
+        None,
+    )
+    .header("Retry-After", retry_after.to_string())
+}
+
+/// `GET captcha`: a new challenge as PNG (id in a cookie) or, for scripts, as JSON.
+pub fn captcha(req: Request, _body: &mut dyn Read) -> Response {
+    let app = App::for_request(&req);
+    let ctx = ctx_for(&req, app.as_ref().ok(), "captcha");
+    if req.method() != "GET" {
+        return method_not_allowed(&ctx, "GET");
+    }
+    let app = match app {
+        Ok(a) => a,
+        Err(e) => return error_response(&ctx, &e, None, false),
+    };
+    let t = now();
+    match app
+        .limiter
+        .hit(&app.client_key(&req), Bucket::CaptchaGet, t)
+    {
+        Ok(Verdict::Admitted { .. }) => {}
+        Ok(Verdict::Limited { retry_after }) => return rate_limited(&ctx, retry_after, None),
+        Err(e) => return error_response(&ctx, &e, None, false),
+    }
+    crate::sweep::maybe_run(&app, t);
+    let challenge = match app.captcha.create(t) {
+        Ok(c) => c,
+        Err(e) => return error_response(&ctx, &e, None, false),
+    };
+    let png = match crate::random::bytes::<32>().and_then(|seed| {
+        crate::captcha_image::render_png(&challenge.answer, seed)
+            .map_err(|e| Error::Render(e.to_string()))
+    }) {
+        Ok(p) => p,
+        Err(e) => return error_response(&ctx, &e, None, false),
+    };
+    let lifetime = challenge.expires_at.saturating_sub(t);
+    let mut cookie = format!(
+        "{CAPTCHA_COOKIE}={}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax",
+        challenge.id
+    );
+    if req.is_https() {
+        cookie.push_str("; Secure");
+    }
+    let resp = if ctx.json {
+        Response::json(
+            200,
+            Json::obj([
+                ("id", Json::str(challenge.id.clone())),
+                (
+                    "image",
+                    Json::str(format!(
+                        "data:image/png;base64,{}",
+                        crate::random::base64(&png)
+                    )),
+                ),
+                ("width", Json::Int(i64::from(crate::captcha_image::WIDTH))),
+                ("height", Json::Int(i64::from(crate::captcha_image::HEIGHT))),
+                ("expires_in", Json::Int(lifetime as i64)),
+            ])
+            .render(),
+        )
+    } else {
+        Response::bytes(200, "image/png", png)
+    };
+    let resp = resp.header("Set-Cookie", cookie);
+    test_hook_answer(resp, &challenge.answer)
+}
+
+/// Test builds (feature `test-hooks`, never in release packages) reveal the answer in a
+/// header so the end-to-end tests can solve the CAPTCHA.
+#[cfg(feature = "test-hooks")]
+fn test_hook_answer(resp: Response, answer: &str) -> Response {
+    resp.header("X-Formwarden-Test-Answer", answer)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_hook_answer(resp: Response, _answer: &str) -> Response {
+    resp
+}
+
+/// `GET contact` shows the form; `POST contact` takes a message.
+pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
+    let app = App::for_request(&req);
+    let ctx = ctx_for(&req, app.as_ref().ok(), "contact");
+    let method = req.method();
+    if method == "GET" {
+        return match app {
+            Ok(_) => Response::html(200, pages::form_html(&ctx, &[], &[], &Fields::new())),
+            Err(e) => error_response(&ctx, &e, None, false),
+        };
+    }
+    if method != "POST" {
+        return method_not_allowed(&ctx, "GET, POST");
+    }
+    let app = match app {
+        Ok(a) => a,
+        Err(e) => return error_response(&ctx, &e, None, true),
+    };
+    let l = ctx.lang;
+    if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
+        return pages::error(
+            &ctx,
+            415,
+            "unsupported_media_type",
+            text(l, Msg::WrongType),
+            &[],
+            None,
+            None,
+        );
+    }
+    match req.read_body(body, app.config.max_body_bytes) {
+        Ok(()) => {}
+        Err(BodyError::TooLarge { .. }) => {
+            return pages::error(
+                &ctx,
+                413,
+                "too_large",
+                text(l, Msg::TooLarge),
+                &[],
+                None,
+                None,
+            );
+        }
+        Err(BodyError::LengthRequired) => {
+            return pages::error(
+                &ctx,
+                411,
+                "length_required",
+                text(l, Msg::BadRequest),
+                &[],
+                None,
+                None,
+            );
+        }
+        Err(BodyError::Truncated) => {
+            return pages::error(
+                &ctx,
+                400,
+                "bad_request",
+                text(l, Msg::BadRequest),
+                &[],
+                None,
+                None,
+            );
+        }
+    }
+    let fields = match form::parse_urlencoded(&req.body) {
+        Ok(f) => f,
+        Err(why) => {
+            tracing::info!(why, "malformed form body");
+            return pages::error(
+                &ctx,
+                400,
+                "bad_request",
+                text(l, Msg::BadRequest),
+                &[],
+                Some(&Fields::new()),
+                None,
+            );
+        }
+    };
+    let mut refill = fields.clone();
+    refill.remove("captcha");
+    let mut errors = match form::validate(&fields) {
+        Ok(_) => Vec::new(),
+        Err(e) => e,
+    };
+    let answer = fields
+        .get("captcha")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if answer.is_empty() {
+        errors.push(FieldError {
+            field: "captcha",
+            problem: Problem::Missing,
+        });
+    }
+    if !errors.is_empty() {
+        return pages::error(
+            &ctx,
+            422,
+            "invalid_fields",
+            text(l, Msg::FixFields),
+            &errors,
+            Some(&refill),
+            None,
+        );
+    }
+    let contact = match form::validate(&fields) {
+        Ok(c) => c,
+        Err(errors) => {
+            return pages::error(
+                &ctx,
+                422,
+                "invalid_fields",
+                text(l, Msg::FixFields),
+                &errors,
+                Some(&refill),
+                None,
+            );
+        }
+    };
+    let t = now();
+    match app
+        .limiter
+        .hit(&app.client_key(&req), Bucket::ContactPost, t)
+    {
+        Ok(Verdict::Admitted { .. }) => {}
+        Ok(Verdict::Limited { retry_after }) => {
+            return rate_limited(&ctx, retry_after, Some(&refill));
+        }
+        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+    }
+    let challenge_id = fields
+        .get("captcha_id")
+        .cloned()
+        .or_else(|| req.cookie(CAPTCHA_COOKIE))
+        .unwrap_or_default();
+    match app.captcha.verify(&challenge_id, &answer, t) {
+        Ok(Outcome::Passed) => {}
+        Ok(o) => {
+            tracing::info!(outcome = ?o, "CAPTCHA refused");
+            let (code, msg) = match o {
+                Outcome::Wrong { .. } | Outcome::Exhausted => ("captcha_wrong", Msg::CaptchaWrong),
+                _ => ("captcha_stale", Msg::CaptchaStale),
+            };
+            return pages::error(&ctx, 403, code, text(l, msg), &[], Some(&refill), None);
+        }
+        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+    }
+    let domain = crate::mail::domain_of(&app.config.mail.from);
+    let msg = match app.spool.save(&contact, t, &domain) {
+        Ok(m) => m,
+        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+    };
+    let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
+    success(&ctx, &msg.id, delivered)
+}
+
+fn success(ctx: &PageCtx, id: &str, delivered: bool) -> Response {
+    let (status, state, body) = if delivered {
+        (200, "sent", text(ctx.lang, Msg::SentText))
+    } else {
+        (202, "queued", text(ctx.lang, Msg::QueuedText))
+    };
+    if ctx.json {
+        return Response::json(
+            status,
+            Json::obj([
+                ("ok", Json::Bool(true)),
+                ("status", Json::str(state)),
+                ("id", Json::str(id)),
+                ("message", Json::str(body)),
+            ])
+            .render(),
+        );
+    }
+    Response::html(status, pages::message_html(ctx, Msg::SentTitle, body))
+}
+
+/// The bearer token of a request: `Authorization: Bearer …` or `X-Formwarden-Token`.
+fn bearer(req: &Request) -> Option<String> {
+    if let Some(auth) = req.header("authorization") {
+        let (scheme, value) = auth.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(value.trim().to_string());
+        }
+    }
+    req.header("x-formwarden-token")
+        .map(|t| t.trim().to_string())
+}
+
+fn json_or_text(req: &Request, status: u16, code: &str, message: &str) -> Response {
+    if req.wants_json() {
+        Response::json(
+            status,
+            Json::obj([
+                ("ok", Json::Bool(status < 300)),
+                ("error", Json::str(code)),
+                ("message", Json::str(message)),
+            ])
+            .render(),
+        )
+    } else {
+        Response::bytes(
+            status,
+            "text/plain; charset=utf-8",
+            format!("{message}\n").into_bytes(),
+        )
+    }
+}
+
+fn token_error(req: &Request, e: &Error) -> Response {
+    match e {
+        Error::InvalidInput { .. } => json_or_text(req, 400, "bad_request", &e.to_string()),
+        Error::NotFound { .. } => json_or_text(req, 404, "not_found", &e.to_string()),
+        e if e.is_temporary() => {
+            tracing::warn!(error = %e, "token endpoint unavailable");
+            json_or_text(req, 503, "unavailable", &e.to_string()).header("Retry-After", "1")
+        }
+        e => {
+            tracing::error!(error = %e, "token endpoint failed");
+            json_or_text(
+                req,
+                500,
+                "server_error",
+                "server configuration problem; see the server log",
+            )
+        }
+    }
+}
+
+/// The token endpoint. `GET ?profile=P` with a bearer token answers 204 (valid) or 401,
+/// for a web server's auth sub-request. `POST ?action=rotate&profile=P` rotates P when the
+/// bearer token is valid for the admin profile, and shows the new token once.
+pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
+    let app = match App::for_request(&req) {
+        Ok(a) => a,
+        Err(e) => return token_error(&req, &e),
+    };
+    let method = req.method();
+    let action = req.query_param("action").unwrap_or_else(|| "verify".into());
+    let profile = req.query_param("profile").unwrap_or_default();
+    let t = now();
+    let unauthorized = || {
+        json_or_text(&req, 401, "unauthorized", "missing or invalid token")
+            .header("WWW-Authenticate", "Bearer realm=\"formwarden\"")
+    };
+    match (method.as_str(), action.as_str()) {
+        ("GET" | "HEAD", "verify") => {
+            let Some(token) = bearer(&req) else {
+                return unauthorized();
+            };
+            match app.tokens.verify(&profile, &token, t) {
+                Ok(true) => Response::new(204),
+                Ok(false) => unauthorized(),
+                Err(e) => token_error(&req, &e),
+            }
+        }
+        ("POST", "rotate") => {
+            let admin = app.config.tokens.admin_profile.clone();
+            let Some(token) = bearer(&req) else {
+                return unauthorized();
+            };
+            match app.tokens.verify(&admin, &token, t) {
+                Ok(true) => {}
+                Ok(false) | Err(Error::NotFound { .. }) => return unauthorized(),
+                Err(e) => return token_error(&req, &e),
+            }
+            match app.tokens.rotate(&profile, t) {
+                Ok(issued) => Response::json(
+                    200,
+                    Json::obj([
+                        ("ok", Json::Bool(true)),
+                        ("profile", Json::str(profile)),
+                        ("id", Json::str(issued.id)),
+                        ("token", Json::str(issued.secret)),
+                        ("expires_at", Json::Int(issued.expires_at as i64)),
+                        ("rotation", Json::Int(issued.rotation as i64)),
+                    ])
+                    .render(),
+                ),
+                Err(e) => token_error(&req, &e),
+            }
+        }
+        (_, "verify") => json_or_text(&req, 405, "method_not_allowed", "verify takes GET")
+            .header("Allow", "GET, HEAD"),
+        (_, "rotate") => json_or_text(&req, 405, "method_not_allowed", "rotate takes POST")
+            .header("Allow", "POST"),
+        _ => json_or_text(
+            &req,
+            400,
+            "bad_request",
+            "unknown action (verify or rotate)",
+        ),
+    }
+}

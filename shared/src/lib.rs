@@ -1,0 +1,33 @@
+//! formwarden's library: all logic of the contact-form backend. The executables in `bins/`
+//! parse a request, call [`endpoint`] and write the answer; everything else lives here,
+//! one module per concept. See ARCHITECTURE.md for the code map and the invariants.
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod atomic;
+pub mod captcha;
+pub mod captcha_image;
+pub mod cgi;
+pub mod config;
+pub mod delivery;
+pub mod endpoint;
+pub mod error;
+pub mod form;
+pub mod json;
+pub mod layout;
+pub mod lock;
+pub mod mail;
+pub mod net;
+pub mod pages;
+pub mod preview;
+pub mod random;
+pub mod ratelimit;
+pub mod run;
+pub mod setup;
+pub mod spool;
+pub mod state;
+pub mod sweep;
+pub mod tokens;
+
+pub use error::{Error, Result};

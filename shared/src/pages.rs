@@ -1,0 +1,443 @@
+//! The pages and JSON answers a visitor sees, in English and German. Every error page for
+//! the contact form shows the form again with a fresh CAPTCHA and the visitor's input (so
+//! nothing typed is lost), and status messages sit in an ARIA live region so that screen
+//! readers announce them. Everything interpolated into HTML goes through [`escape`]. This
+//! module never decides what happened; the endpoints tell it.
+
+use crate::cgi::{Request, Response};
+use crate::config::Language;
+use crate::form::{FieldError, Fields, Problem};
+use crate::json::Json;
+
+/// The language of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// English.
+    En,
+    /// German.
+    De,
+}
+
+impl Lang {
+    /// Picks the language: fixed by config, or the first of `de`/`en` in `Accept-Language`.
+    pub fn choose(config: Language, req: &Request) -> Lang {
+        match config {
+            Language::En => Lang::En,
+            Language::De => Lang::De,
+            Language::Auto => {
+                let header = req.header("accept-language").unwrap_or("");
+                let mut best: Option<(f32, Lang)> = None;
+                for part in header.split(',') {
+                    let mut it = part.split(';');
+                    let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
+                    let q = it
+                        .find_map(|p| p.trim().strip_prefix("q="))
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .unwrap_or(1.0);
+                    let lang = if tag.starts_with("de") {
+                        Lang::De
+                    } else if tag.starts_with("en") {
+                        Lang::En
+                    } else {
+                        continue;
+                    };
+                    if best.is_none_or(|(bq, _)| q > bq) {
+                        best = Some((q, lang));
+                    }
+                }
+                best.map_or(Lang::En, |(_, l)| l)
+            }
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::De => "de",
+        }
+    }
+}
+
+/// Message keys; [`text`] gives the wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    /// Form heading.
+    Title,
+    /// Success heading.
+    SentTitle,
+    /// Success text.
+    SentText,
+    /// Saved but not yet delivered.
+    QueuedText,
+    /// Saving failed: nothing received.
+    NotReceived,
+    /// Generic error heading.
+    ErrorTitle,
+    /// Fix the fields.
+    FixFields,
+    /// Wrong CAPTCHA answer.
+    CaptchaWrong,
+    /// CAPTCHA expired, used or unknown.
+    CaptchaStale,
+    /// Too many requests.
+    RateLimited,
+    /// Busy, try again.
+    Busy,
+    /// Misconfiguration.
+    ServerError,
+    /// Bad request.
+    BadRequest,
+    /// Body too large.
+    TooLarge,
+    /// Wrong method.
+    WrongMethod,
+    /// Wrong content type.
+    WrongType,
+    /// Labels.
+    Name,
+    /// Label.
+    Email,
+    /// Label.
+    Subject,
+    /// Label.
+    Message,
+    /// Label.
+    Captcha,
+    /// Image alt text.
+    CaptchaAlt,
+    /// New image link.
+    NewImage,
+    /// Submit button.
+    Send,
+    /// Back link.
+    Back,
+    /// Field problems.
+    Missing,
+    /// Field problem.
+    TooLong,
+    /// Field problem.
+    LineBreak,
+    /// Field problem.
+    Control,
+    /// Field problem.
+    BadEmail,
+}
+
+/// The wording of `m` in `lang`.
+pub fn text(lang: Lang, m: Msg) -> &'static str {
+    use Msg::*;
+    match (lang, m) {
+        (Lang::En, Title) => "Contact",
+        (Lang::De, Title) => "Kontakt",
+        (Lang::En, SentTitle) => "Thank you",
+        (Lang::De, SentTitle) => "Vielen Dank",
+        (Lang::En, SentText) => "Your message has been sent.",
+        (Lang::De, SentText) => "Ihre Nachricht wurde gesendet.",
+        (Lang::En, QueuedText) => {
+            "Your message has been received and saved. It will be delivered shortly; you do not need to send it again."
+        }
+        (Lang::De, QueuedText) => {
+            "Ihre Nachricht ist angekommen und gespeichert. Sie wird in Kürze zugestellt; Sie müssen sie nicht erneut senden."
+        }
+        (Lang::En, NotReceived) => {
+            "Your message was NOT received: the server could not save it. Please try again in a few minutes."
+        }
+        (Lang::De, NotReceived) => {
+            "Ihre Nachricht wurde NICHT empfangen: der Server konnte sie nicht speichern. Bitte versuchen Sie es in einigen Minuten erneut."
+        }
+        (Lang::En, ErrorTitle) => "Your message was not sent",
+        (Lang::De, ErrorTitle) => "Ihre Nachricht wurde nicht gesendet",
+        (Lang::En, FixFields) => "Please correct the marked fields.",
+        (Lang::De, FixFields) => "Bitte korrigieren Sie die markierten Felder.",
+        (Lang::En, CaptchaWrong) => {
+            "The characters from the image did not match. Please try the new image."
+        }
+        (Lang::De, CaptchaWrong) => {
+            "Die Zeichen aus dem Bild stimmten nicht. Bitte versuchen Sie es mit dem neuen Bild."
+        }
+        (Lang::En, CaptchaStale) => {
+            "The security image has expired or was already used. Please enter the characters from the new image."
+        }
+        (Lang::De, CaptchaStale) => {
+            "Das Sicherheitsbild ist abgelaufen oder wurde schon benutzt. Bitte geben Sie die Zeichen aus dem neuen Bild ein."
+        }
+        (Lang::En, RateLimited) => {
+            "Too many requests from your network. Please wait a while and try again."
+        }
+        (Lang::De, RateLimited) => {
+            "Zu viele Anfragen aus Ihrem Netz. Bitte warten Sie eine Weile und versuchen Sie es erneut."
+        }
+        (Lang::En, Busy) => {
+            "The server is busy. Please try again in a moment; your message was not received."
+        }
+        (Lang::De, Busy) => {
+            "Der Server ist ausgelastet. Bitte versuchen Sie es gleich noch einmal; Ihre Nachricht wurde nicht empfangen."
+        }
+        (Lang::En, ServerError) => {
+            "The contact form is not available right now because of a server configuration problem. The site owner has been told in the server log."
+        }
+        (Lang::De, ServerError) => {
+            "Das Kontaktformular ist wegen eines Konfigurationsproblems gerade nicht verfügbar. Der Betreiber findet den Grund im Server-Log."
+        }
+        (Lang::En, BadRequest) => "The form data could not be read.",
+        (Lang::De, BadRequest) => "Die Formulardaten konnten nicht gelesen werden.",
+        (Lang::En, TooLarge) => "The message is too large.",
+        (Lang::De, TooLarge) => "Die Nachricht ist zu groß.",
+        (Lang::En, WrongMethod) => "This address does not accept that kind of request.",
+        (Lang::De, WrongMethod) => "Diese Adresse nimmt diese Art von Anfrage nicht an.",
+        (Lang::En, WrongType) => "The form must be sent as application/x-www-form-urlencoded.",
+        (Lang::De, WrongType) => {
+            "Das Formular muss als application/x-www-form-urlencoded gesendet werden."
+        }
+        (Lang::En, Name) => "Name",
+        (Lang::De, Name) => "Name",
+        (Lang::En, Email) => "E-mail address",
+        (Lang::De, Email) => "E-Mail-Adresse",
+        (Lang::En, Subject) => "Subject",
+        (Lang::De, Subject) => "Betreff",
+        (Lang::En, Message) => "Message",
+        (Lang::De, Message) => "Nachricht",
+        (Lang::En, Captcha) => "Characters from the image",
+        (Lang::De, Captcha) => "Zeichen aus dem Bild",
+        (Lang::En, CaptchaAlt) => {
+            "Security image: distorted letters and digits to type into the field below"
+        }
+        (Lang::De, CaptchaAlt) => {
+            "Sicherheitsbild: verzerrte Buchstaben und Ziffern zum Abtippen in das Feld darunter"
+        }
+        (Lang::En, NewImage) => "Show a new image",
+        (Lang::De, NewImage) => "Neues Bild anzeigen",
+        (Lang::En, Send) => "Send",
+        (Lang::De, Send) => "Senden",
+        (Lang::En, Back) => "Back to the form",
+        (Lang::De, Back) => "Zurück zum Formular",
+        (Lang::En, Missing) => "is required",
+        (Lang::De, Missing) => "fehlt",
+        (Lang::En, TooLong) => "is too long",
+        (Lang::De, TooLong) => "ist zu lang",
+        (Lang::En, LineBreak) => "must not contain line breaks",
+        (Lang::De, LineBreak) => "darf keine Zeilenumbrüche enthalten",
+        (Lang::En, Control) => "contains characters that are not allowed",
+        (Lang::De, Control) => "enthält unzulässige Zeichen",
+        (Lang::En, BadEmail) => "is not a valid e-mail address",
+        (Lang::De, BadEmail) => "ist keine gültige E-Mail-Adresse",
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Everything a page needs to know about where it is.
+#[derive(Debug, Clone)]
+pub struct PageCtx {
+    /// Language.
+    pub lang: Lang,
+    /// Site name for titles.
+    pub site_name: String,
+    /// URL of the contact endpoint (form action).
+    pub contact_url: String,
+    /// URL of the CAPTCHA endpoint.
+    pub captcha_url: String,
+    /// Answer in JSON.
+    pub json: bool,
+}
+
+fn problem_msg(p: Problem) -> Msg {
+    match p {
+        Problem::Missing => Msg::Missing,
+        Problem::TooLong(_) => Msg::TooLong,
+        Problem::LineBreak => Msg::LineBreak,
+        Problem::Control => Msg::Control,
+        Problem::BadEmail => Msg::BadEmail,
+    }
+}
+
+fn field_label(lang: Lang, field: &str) -> &'static str {
+    match field {
+        "name" => text(lang, Msg::Name),
+        "email" => text(lang, Msg::Email),
+        "subject" => text(lang, Msg::Subject),
+        "captcha" => text(lang, Msg::Captcha),
+        _ => text(lang, Msg::Message),
+    }
+}
+
+fn shell(ctx: &PageCtx, title: &str, main: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} – {site}</title>\n<style>body{{font:1rem/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}label{{display:block;margin-top:1rem;font-weight:600}}input,textarea{{width:100%;box-sizing:border-box;padding:.4rem;font:inherit}}.err{{color:#a00}}[aria-invalid=true]{{border:2px solid #a00}}button{{margin-top:1rem;padding:.5rem 1.5rem;font:inherit}}</style>\n</head>\n<body>\n<main>\n<h1>{title}</h1>\n{main}\n</main>\n</body>\n</html>\n",
+        lang = ctx.lang.code(),
+        title = escape(title),
+        site = escape(&ctx.site_name),
+    )
+}
+
+/// The contact form with status messages, field errors and the visitor's input.
+pub fn form_html(
+    ctx: &PageCtx,
+    messages: &[&str],
+    errors: &[FieldError],
+    values: &Fields,
+) -> String {
+    let l = ctx.lang;
+    let mut main = String::new();
+    main.push_str("<div role=\"alert\" aria-live=\"assertive\">");
+    for m in messages {
+        main.push_str(&format!("<p class=\"err\">{}</p>", escape(m)));
+    }
+    if !errors.is_empty() {
+        main.push_str("<ul class=\"err\">");
+        for e in errors {
+            main.push_str(&format!(
+                "<li><a href=\"#f-{f}\">{label}</a> {what}</li>",
+                f = e.field,
+                label = escape(field_label(l, e.field)),
+                what = escape(text(l, problem_msg(e.problem))),
+            ));
+        }
+        main.push_str("</ul>");
+    }
+    main.push_str("</div>\n");
+    main.push_str(&format!(
+        "<form method=\"post\" action=\"{}\">\n",
+        escape(&ctx.contact_url)
+    ));
+    let val = |k: &str| escape(values.get(k).map_or("", String::as_str));
+    let invalid = |k: &str| {
+        if errors.iter().any(|e| e.field == k) {
+            " aria-invalid=\"true\""
+        } else {
+            ""
+        }
+    };
+    for (field, msg, kind, max, req) in [
+        ("name", Msg::Name, "text", crate::form::MAX_NAME, true),
+        ("email", Msg::Email, "email", crate::form::MAX_EMAIL, true),
+        (
+            "subject",
+            Msg::Subject,
+            "text",
+            crate::form::MAX_SUBJECT,
+            false,
+        ),
+    ] {
+        main.push_str(&format!(
+            "<label for=\"f-{field}\">{label}</label><input id=\"f-{field}\" name=\"{field}\" type=\"{kind}\" maxlength=\"{max}\" value=\"{v}\"{req}{inv}>\n",
+            label = escape(text(l, msg)),
+            v = val(field),
+            req = if req { " required" } else { "" },
+            inv = invalid(field),
+        ));
+    }
+    main.push_str(&format!(
+        "<label for=\"f-message\">{label}</label><textarea id=\"f-message\" name=\"message\" rows=\"8\" maxlength=\"{max}\" required{inv}>{v}</textarea>\n",
+        label = escape(text(l, Msg::Message)),
+        max = crate::form::MAX_MESSAGE,
+        v = val("message"),
+        inv = invalid("message"),
+    ));
+    main.push_str(&format!(
+        "<p><img src=\"{src}\" width=\"{w}\" height=\"{h}\" alt=\"{alt}\"> <a href=\"{again}\">{new}</a></p>\n<label for=\"f-captcha\">{label}</label><input id=\"f-captcha\" name=\"captcha\" type=\"text\" autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required{inv}>\n<button type=\"submit\">{send}</button>\n</form>\n",
+        src = escape(&ctx.captcha_url),
+        w = crate::captcha_image::WIDTH,
+        h = crate::captcha_image::HEIGHT,
+        alt = escape(text(l, Msg::CaptchaAlt)),
+        again = escape(&ctx.contact_url),
+        new = escape(text(l, Msg::NewImage)),
+        label = escape(text(l, Msg::Captcha)),
+        inv = invalid("captcha"),
+        send = escape(text(l, Msg::Send)),
+    ));
+    shell(ctx, text(l, Msg::ErrorTitle), &main)
+}
+
+/// A plain page with a heading, a paragraph and a link back to the form.
+pub fn message_html(ctx: &PageCtx, title: Msg, body: &str) -> String {
+    let main = format!(
+        "<div role=\"status\" aria-live=\"polite\"><p>{}</p></div>\n<p><a href=\"{}\">{}</a></p>",
+        escape(body),
+        escape(&ctx.contact_url),
+        escape(text(ctx.lang, Msg::Back)),
+    );
+    shell(ctx, text(ctx.lang, title), &main)
+}
+
+/// A JSON error answer: machine-readable code, human message, field problems and where to
+/// get a fresh CAPTCHA.
+pub fn error_json(
+    ctx: &PageCtx,
+    code: &str,
+    message: &str,
+    errors: &[FieldError],
+    detail: Option<&str>,
+) -> String {
+    let fields = Json::Obj(
+        errors
+            .iter()
+            .map(|e| {
+                (
+                    e.field.to_string(),
+                    Json::str(format!(
+                        "{} {}",
+                        field_label(ctx.lang, e.field),
+                        text(ctx.lang, problem_msg(e.problem))
+                    )),
+                )
+            })
+            .collect(),
+    );
+    Json::obj([
+        ("ok", Json::Bool(false)),
+        ("error", Json::str(code)),
+        ("message", Json::str(message)),
+        ("fields", fields),
+        ("captcha", Json::str(ctx.captcha_url.clone())),
+        ("detail", detail.map_or(Json::Null, Json::str)),
+    ])
+    .render()
+}
+
+/// An error answer in the form the client wants: HTML page (with the form again when
+/// `form` is given) or JSON.
+pub fn error(
+    ctx: &PageCtx,
+    status: u16,
+    code: &str,
+    msg: &str,
+    errors: &[FieldError],
+    form: Option<&Fields>,
+    detail: Option<&str>,
+) -> Response {
+    if ctx.json {
+        return Response::json(status, error_json(ctx, code, msg, errors, detail));
+    }
+    let page = match form {
+        Some(values) => {
+            let mut lines = vec![msg];
+            if let Some(d) = detail {
+                lines.push(d);
+            }
+            form_html(ctx, &lines, errors, values)
+        }
+        None => {
+            let body = match detail {
+                Some(d) => format!("{msg} ({d})"),
+                None => msg.to_string(),
+            };
+            message_html(ctx, Msg::ErrorTitle, &body)
+        }
+    };
+    Response::html(status, page)
+}

@@ -1,0 +1,234 @@
+//! The rate limiter: a fixed window per hashed client key, with separate budgets for
+//! CAPTCHA fetches and contact posts. One file per client key under `var/tmp/ratelimit/`,
+//! changed only under the lock `ratelimit_{key}`. Only admitted requests are counted, so
+//! the stored counter always equals the number of requests let through in the window. This
+//! module never sees a raw client address: it gets the hashed key.
+
+use crate::error::Result;
+use crate::lock::{LockKey, LockRunner};
+use crate::state::{self, Durability, TriggerReason, Validate};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which budget a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// CAPTCHA image fetches (`captcha_max_get`).
+    CaptchaGet,
+    /// Contact form posts (`contact_max_post`).
+    ContactPost,
+}
+
+/// One client's window, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Unix time the window opened.
+    pub window_start: u64,
+    /// Admitted CAPTCHA fetches in this window.
+    pub captcha_get: u32,
+    /// Admitted contact posts in this window.
+    pub contact_post: u32,
+}
+
+impl Validate for Window {
+    fn validate(&self, now: u64) -> std::result::Result<(), String> {
+        if self.window_start > now + state::CLOCK_SLACK {
+            return Err(format!(
+                "window_start {} lies in the future",
+                self.window_start
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The limits that apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Budget for CAPTCHA fetches per window.
+    pub captcha_max_get: u32,
+    /// Budget for contact posts per window.
+    pub contact_max_post: u32,
+    /// Window length in seconds.
+    pub window_seconds: u64,
+}
+
+/// What the decision policy says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionPlan {
+    /// Let it through and store this window.
+    Admit(Window),
+    /// Refuse it; the window frees up after this many seconds.
+    Refuse {
+        /// Seconds until the window ends.
+        retry_after: u64,
+    },
+}
+
+/// The answer to a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted; `remaining` more are allowed in this window.
+    Admitted {
+        /// Requests left in the window.
+        remaining: u32,
+    },
+    /// Over the budget; try again after this many seconds.
+    Limited {
+        /// Seconds until the window ends.
+        retry_after: u64,
+    },
+}
+
+/// The decision policy: pure, so it can be tested without files.
+pub fn decide(current: Option<&Window>, bucket: Bucket, limits: &Limits, now: u64) -> ActionPlan {
+    let mut w = match current {
+        Some(w) if now < w.window_start.saturating_add(limits.window_seconds) => w.clone(),
+        // No window yet, or the old one is over: a new window opens now.
+        _ => Window {
+            window_start: now,
+            ..Window::default()
+        },
+    };
+    let (count, max) = match bucket {
+        Bucket::CaptchaGet => (&mut w.captcha_get, limits.captcha_max_get),
+        Bucket::ContactPost => (&mut w.contact_post, limits.contact_max_post),
+    };
+    if *count >= max {
+        let end = w.window_start.saturating_add(limits.window_seconds);
+        return ActionPlan::Refuse {
+            retry_after: end.saturating_sub(now).max(1),
+        };
+    }
+    *count += 1;
+    ActionPlan::Admit(w)
+}
+
+/// The rate limiter over one runtime tree.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    dir: PathBuf,
+    locks: LockRunner,
+    limits: Limits,
+}
+
+impl RateLimiter {
+    /// A limiter storing windows in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, locks: LockRunner, limits: Limits) -> Self {
+        RateLimiter {
+            dir: dir.into(),
+            locks,
+            limits,
+        }
+    }
+
+    /// The file that holds `client_key`'s window. The key is a hex digest, so it is a safe
+    /// file name; anything else is normalized the same way lock keys are.
+    pub fn path_of(&self, client_key: &str) -> PathBuf {
+        let safe = LockKey::new(client_key);
+        self.dir.join(format!("{}.toml", safe.as_str()))
+    }
+
+    /// Counts one request of `bucket` for `client_key`, under `ratelimit_{key}`.
+    pub fn hit(&self, client_key: &str, bucket: Bucket, now: u64) -> Result<Verdict> {
+        let path = self.path_of(client_key);
+        let trigger = match bucket {
+            Bucket::CaptchaGet => TriggerReason::CaptchaGet,
+            Bucket::ContactPost => TriggerReason::ContactPost,
+        };
+        self.locks.run(&LockKey::ratelimit(client_key), || {
+            let current = state::read_or_reset::<Window>(&path, now, trigger)?;
+            match decide(current.as_ref(), bucket, &self.limits, now) {
+                ActionPlan::Refuse { retry_after } => Ok(Verdict::Limited { retry_after }),
+                ActionPlan::Admit(w) => {
+                    state::write_with(&path, &w, Durability::Ephemeral)?;
+                    let (used, max) = match bucket {
+                        Bucket::CaptchaGet => (w.captcha_get, self.limits.captcha_max_get),
+                        Bucket::ContactPost => (w.contact_post, self.limits.contact_max_post),
+                    };
+                    Ok(Verdict::Admitted {
+                        remaining: max.saturating_sub(used),
+                    })
+                }
+            }
+        })
+    }
+
+    /// Removes windows that ended before `now`, each under its own lock, unlinking the lock
+    /// file too (the key has no state left). Busy keys are skipped. Returns how many went.
+    pub fn sweep(&self, now: u64) -> Result<usize> {
+        let mut removed = 0;
+        for path in crate::sweep::entries(&self.dir, ".toml")? {
+            let Some(key) = stem(&path) else { continue };
+            let lock = LockKey::ratelimit(&key);
+            let Some(guard) = self.locks.try_acquire(&lock)? else {
+                continue;
+            };
+            let stale = match state::read::<Window>(&path, now)? {
+                state::Loaded::Valid(w) => {
+                    now >= w.window_start.saturating_add(self.limits.window_seconds)
+                }
+                state::Loaded::Missing => false,
+                state::Loaded::Invalid(_) => true,
+            };
+            if stale {
+                crate::atomic::remove(&path)?;
+                guard.release_and_unlink()?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn stem(path: &Path) -> Option<String> {
+    path.file_stem()?.to_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        captcha_max_get: 2,
+        contact_max_post: 1,
+        window_seconds: 60,
+    };
+
+    #[test]
+    fn budgets_are_separate_and_windows_roll_over() {
+        let a = decide(None, Bucket::CaptchaGet, &L, 100);
+        let ActionPlan::Admit(w) = a else {
+            panic!("first get admitted")
+        };
+        let ActionPlan::Admit(w) = decide(Some(&w), Bucket::CaptchaGet, &L, 101) else {
+            panic!("second get")
+        };
+        assert_eq!(
+            decide(Some(&w), Bucket::CaptchaGet, &L, 102),
+            ActionPlan::Refuse { retry_after: 58 }
+        );
+        let ActionPlan::Admit(w2) = decide(Some(&w), Bucket::ContactPost, &L, 103) else {
+            panic!("post has its own budget")
+        };
+        assert_eq!(w2.contact_post, 1);
+        let ActionPlan::Admit(w3) = decide(Some(&w2), Bucket::CaptchaGet, &L, 160) else {
+            panic!("new window")
+        };
+        assert_eq!(
+            (w3.window_start, w3.captcha_get, w3.contact_post),
+            (160, 1, 0)
+        );
+    }
+
+    #[test]
+    fn future_windows_are_invalid() {
+        let w = Window {
+            window_start: 10_000,
+            ..Window::default()
+        };
+        assert!(w.validate(100).is_err());
+        assert!(w.validate(10_000).is_ok());
+    }
+}

@@ -1,0 +1,141 @@
+//! Reading state files (the seed's `StateReader`/`StateValidator`) and resetting bad ones
+//! (its `ResetExecutor`). Every read parses and validates what it found; missing state is a
+//! normal "fresh" answer, while unparsable or out-of-range state is reset here, with a
+//! logged reason, never silently. Writes go through [`crate::atomic`]. This module never
+//! takes locks: a caller that writes holds the key's lock already; lock-free readers (token
+//! verification) only read.
+//!
+//! Every service has the same shape: a [`TriggerReason`] says why it runs, a pure
+//! `decide` function (the decision policy) turns the validated state into an action plan,
+//! and the plan is executed inside the lock runner.
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Why a service runs; recorded in log lines about state changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerReason {
+    /// A CAPTCHA image was requested.
+    CaptchaGet,
+    /// A contact form was posted.
+    ContactPost,
+    /// A token rotation was asked for (CLI or HTTP).
+    TokenRotate,
+    /// A token revocation was asked for.
+    TokenRevoke,
+    /// Expired state is being swept.
+    Sweep,
+    /// The mail retry command runs.
+    MailRetry,
+}
+
+/// Checks a parsed state value against its invariants.
+pub trait Validate {
+    /// `Err(reason)` when the value cannot be trusted (e.g. a time stamp in the future).
+    fn validate(&self, now: u64) -> std::result::Result<(), String>;
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Loaded<T> {
+    /// No file: the caller starts fresh.
+    Missing,
+    /// A file that parsed and validated.
+    Valid(T),
+    /// A file that cannot be trusted, with the reason.
+    Invalid(String),
+}
+
+/// Reads and validates the state file at `path`.
+pub fn read<T: DeserializeOwned + Validate>(path: &Path, now: u64) -> Result<Loaded<T>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let text = match String::from_utf8(text) {
+        Ok(t) => t,
+        Err(_) => return Ok(Loaded::Invalid("not UTF-8".into())),
+    };
+    let value: T = match toml::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return Ok(Loaded::Invalid(format!("unparsable: {}", e.message()))),
+    };
+    Ok(match value.validate(now) {
+        Ok(()) => Loaded::Valid(value),
+        Err(reason) => Loaded::Invalid(reason),
+    })
+}
+
+/// How much a write must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Must survive a power cut: fsync the file and the folder (tokens, spool, markers).
+    Durable,
+    /// Short-lived state in `var/tmp/` (challenges, rate-limit windows): atomic rename
+    /// only. Losing the last change in a power cut costs a visitor one new image or
+    /// grants a client a few extra requests; waiting for the disk inside a contended lock
+    /// would cost every visitor in a burst (see ARCHITECTURE.md for the figures).
+    Ephemeral,
+}
+
+fn to_text<T: Serialize>(path: &Path, value: &T) -> Result<String> {
+    toml::to_string(value).map_err(|e| {
+        Error::io(
+            "serialize",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        )
+    })
+}
+
+/// Serializes `value` and writes it atomically and durably to `path`.
+pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_with(path, value, Durability::Durable)
+}
+
+/// Serializes `value` and writes it atomically to `path` with the given durability.
+pub fn write_with<T: Serialize>(path: &Path, value: &T, durability: Durability) -> Result<()> {
+    let text = to_text(path, value)?;
+    match durability {
+        Durability::Durable => atomic::write(path, text.as_bytes()),
+        Durability::Ephemeral => atomic::write_ephemeral(path, text.as_bytes()),
+    }
+}
+
+/// The reset executor: removes state that failed validation and logs why. The caller then
+/// proceeds as if the state were missing (and writes fresh state under the same lock).
+pub fn reset(path: &Path, reason: &str, trigger: TriggerReason) -> Result<()> {
+    tracing::warn!(path = %path.display(), reason, ?trigger, "state reset");
+    atomic::remove(path)
+}
+
+/// Reads `path`, resetting it when it is invalid; `None` means "start fresh".
+pub fn read_or_reset<T: DeserializeOwned + Validate>(
+    path: &Path,
+    now: u64,
+    trigger: TriggerReason,
+) -> Result<Option<T>> {
+    match read::<T>(path, now)? {
+        Loaded::Missing => Ok(None),
+        Loaded::Valid(v) => Ok(Some(v)),
+        Loaded::Invalid(reason) => {
+            reset(path, &reason, trigger)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// State time stamps may run ahead of our clock by this much (clock steps between
+/// processes); anything further in the future is invalid.
+pub const CLOCK_SLACK: u64 = 300;

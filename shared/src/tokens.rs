@@ -1,0 +1,347 @@
+//! The token service: per-profile token lists in `var/state/tokens/{profile}.toml`.
+//! Rotation issues a new random token (shown once, stored only as a hash), keeps the
+//! previous ones for the profile's grace period and drops expired ones; revocation removes
+//! tokens. Both write under the lock `token_{profile}` through the atomic writer.
+//! Verification is lock-free: it reads the file as it is, and because every write is a
+//! rename it sees the old or the new list, never a torn one. Profile names are checked
+//! against a strict alphabet and must be configured before they can name a file.
+
+use crate::config::TokenProfile;
+use crate::error::{Error, Result};
+use crate::lock::{LockKey, LockRunner};
+use crate::state::{self, Loaded, TriggerReason, Validate};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// Prefix of every issued token, so that one found in a log or a repository is recognisable.
+pub const TOKEN_PREFIX: &str = "fwt_";
+
+/// Checks a profile name: 1 to 32 of `[a-z0-9_-]`, starting with a letter or digit.
+pub fn check_profile_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "profile name {name:?} must be 1 to 32 characters of a-z, 0-9, _ and -, starting with a letter or digit"
+        ))
+    }
+}
+
+/// One stored token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Public id (random, not derived from the secret).
+    pub id: String,
+    /// `sha256` of the secret, hex.
+    pub hash: String,
+    /// Unix time of issue.
+    pub created_at: u64,
+    /// Unix expiry; 0 means "until rotated away".
+    pub expires_at: u64,
+}
+
+/// A profile's token list as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenList {
+    /// Rotations ever performed on this profile.
+    pub rotations: u64,
+    /// Tokens, oldest first; the last one is the current token.
+    #[serde(default)]
+    pub token: Vec<Entry>,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Validate for TokenList {
+    fn validate(&self, now: u64) -> std::result::Result<(), String> {
+        let mut ids = BTreeSet::new();
+        for t in &self.token {
+            if !is_hex(&t.id, 12) || !is_hex(&t.hash, 64) {
+                return Err(format!("token {:?} has a malformed id or hash", t.id));
+            }
+            if !ids.insert(&t.id) {
+                return Err(format!("token id {} appears twice", t.id));
+            }
+            if t.created_at > now + state::CLOCK_SLACK {
+                return Err(format!("token {} was created in the future", t.id));
+            }
+        }
+        if self.token.len() as u64 > self.rotations {
+            return Err("more tokens than rotations".into());
+        }
+        Ok(())
+    }
+}
+
+impl Entry {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at == 0 || now < self.expires_at
+    }
+}
+
+/// A freshly issued token. The secret exists only here: it is shown once and then only its
+/// hash remains.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Public id.
+    pub id: String,
+    /// The secret token.
+    pub secret: String,
+    /// Unix expiry (0: until rotated away).
+    pub expires_at: u64,
+    /// The profile's rotation count after this one.
+    pub rotation: u64,
+}
+
+/// The decision policy for a rotation: the new list, given the old one.
+pub fn decide_rotation(
+    current: &TokenList,
+    fresh: Entry,
+    profile: &TokenProfile,
+    now: u64,
+) -> TokenList {
+    let grace_end = now + profile.grace.as_secs();
+    let mut kept: Vec<Entry> = current
+        .token
+        .iter()
+        .filter(|t| t.live(now))
+        .map(|t| Entry {
+            expires_at: if t.expires_at == 0 {
+                grace_end
+            } else {
+                t.expires_at.min(grace_end)
+            },
+            ..t.clone()
+        })
+        .filter(|t| t.live(now))
+        .collect();
+    kept.push(fresh);
+    let excess = kept.len().saturating_sub(profile.max_tokens);
+    kept.drain(..excess);
+    TokenList {
+        rotations: current.rotations + 1,
+        token: kept,
+    }
+}
+
+/// The token service over one runtime tree.
+#[derive(Debug, Clone)]
+pub struct TokenService {
+    dir: PathBuf,
+    locks: LockRunner,
+    profiles: BTreeMap<String, TokenProfile>,
+}
+
+/// What `list` shows: everything but secrets and hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// Unix time of issue.
+    pub created_at: u64,
+    /// Unix expiry (0: until rotated away).
+    pub expires_at: u64,
+    /// True for the newest token.
+    pub current: bool,
+}
+
+fn hash_secret(secret: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"formwarden-token\0");
+    h.update(secret.as_bytes());
+    crate::random::hex(&h.finalize())
+}
+
+impl TokenService {
+    /// A service storing lists in `dir` for the configured `profiles`.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        locks: LockRunner,
+        profiles: BTreeMap<String, TokenProfile>,
+    ) -> Self {
+        TokenService {
+            dir: dir.into(),
+            locks,
+            profiles,
+        }
+    }
+
+    /// Checks `profile` and returns its settings and file.
+    fn profile(&self, profile: &str) -> Result<(&TokenProfile, PathBuf)> {
+        check_profile_name(profile).map_err(|detail| Error::InvalidInput {
+            what: "profile",
+            detail,
+        })?;
+        let p = self.profiles.get(profile).ok_or_else(|| Error::NotFound {
+            what: "token profile",
+            name: profile.to_string(),
+        })?;
+        Ok((p, self.dir.join(format!("{profile}.toml"))))
+    }
+
+    fn load(&self, path: &std::path::Path, now: u64, trigger: TriggerReason) -> Result<TokenList> {
+        Ok(state::read_or_reset::<TokenList>(path, now, trigger)?.unwrap_or_default())
+    }
+
+    /// Issues a new token for `profile` under `token_{profile}`.
+    pub fn rotate(&self, profile: &str, now: u64) -> Result<Issued> {
+        let (settings, path) = self.profile(profile)?;
+        let secret = format!(
+            "{TOKEN_PREFIX}{}",
+            crate::random::hex(&crate::random::bytes::<32>()?)
+        );
+        let id = crate::random::hex(&crate::random::bytes::<6>()?);
+        let expires_at = settings.lifetime.map_or(0, |l| now + l.as_secs());
+        let fresh = Entry {
+            id: id.clone(),
+            hash: hash_secret(&secret),
+            created_at: now,
+            expires_at,
+        };
+        self.locks.run(&LockKey::token(profile), || {
+            let current = self.load(&path, now, TriggerReason::TokenRotate)?;
+            let next = decide_rotation(&current, fresh, settings, now);
+            state::write(&path, &next)?;
+            tracing::info!(profile, id = %id, rotation = next.rotations, "token rotated");
+            Ok(Issued {
+                id: id.clone(),
+                secret: secret.clone(),
+                expires_at,
+                rotation: next.rotations,
+            })
+        })
+    }
+
+    /// Removes the token with public id `id` (or every token with `"all"`). Returns how
+    /// many were removed.
+    pub fn revoke(&self, profile: &str, id: &str, now: u64) -> Result<usize> {
+        let (_, path) = self.profile(profile)?;
+        self.locks.run(&LockKey::token(profile), || {
+            let mut list = self.load(&path, now, TriggerReason::TokenRevoke)?;
+            let before = list.token.len();
+            list.token.retain(|t| id != "all" && t.id != id);
+            let removed = before - list.token.len();
+            if removed > 0 {
+                state::write(&path, &list)?;
+                tracing::info!(profile, id, removed, "tokens revoked");
+            }
+            Ok(removed)
+        })
+    }
+
+    /// The tokens of `profile` that are still valid, without secrets. Lock-free.
+    pub fn list(&self, profile: &str, now: u64) -> Result<Vec<TokenInfo>> {
+        let list = self.read_lock_free(profile, now)?;
+        let newest = list.token.last().map(|t| t.id.clone());
+        Ok(list
+            .token
+            .iter()
+            .filter(|t| t.live(now))
+            .map(|t| TokenInfo {
+                id: t.id.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                current: Some(&t.id) == newest.as_ref(),
+            })
+            .collect())
+    }
+
+    /// The stored list, read without a lock. Invalid state fails closed (no token is
+    /// valid) and is logged; the next rotation resets it under the lock.
+    pub fn read_lock_free(&self, profile: &str, now: u64) -> Result<TokenList> {
+        let (_, path) = self.profile(profile)?;
+        match state::read::<TokenList>(&path, now)? {
+            Loaded::Valid(l) => Ok(l),
+            Loaded::Missing => Ok(TokenList::default()),
+            Loaded::Invalid(reason) => {
+                tracing::warn!(path = %path.display(), reason, "token list invalid: no token verifies until the next rotation resets it");
+                Ok(TokenList::default())
+            }
+        }
+    }
+
+    /// True when `secret` is a live token of `profile`. Lock-free; constant-time per entry.
+    pub fn verify(&self, profile: &str, secret: &str, now: u64) -> Result<bool> {
+        let list = self.read_lock_free(profile, now)?;
+        if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 128 {
+            return Ok(false);
+        }
+        let h = hash_secret(secret);
+        let mut found = false;
+        for t in &list.token {
+            found |= t.live(now) & crate::random::constant_time_eq(h.as_bytes(), t.hash.as_bytes());
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(id: &str, created: u64, exp: u64) -> Entry {
+        Entry {
+            id: id.repeat(12),
+            hash: "0".repeat(64),
+            created_at: created,
+            expires_at: exp,
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_previous_tokens_for_the_grace_period_only() {
+        let p = TokenProfile {
+            lifetime: None,
+            grace: Duration::from_secs(10),
+            max_tokens: 3,
+        };
+        let l1 = decide_rotation(&TokenList::default(), entry("a", 0, 0), &p, 0);
+        let l2 = decide_rotation(&l1, entry("b", 5, 0), &p, 5);
+        assert_eq!(l2.token[0].expires_at, 15);
+        assert_eq!(l2.token[1].expires_at, 0);
+        let l3 = decide_rotation(&l2, entry("c", 20, 0), &p, 20);
+        assert_eq!(
+            l3.token.iter().map(|t| &t.id[..1]).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert_eq!(l3.rotations, 3);
+    }
+
+    #[test]
+    fn max_tokens_drops_the_oldest() {
+        let p = TokenProfile {
+            lifetime: None,
+            grace: Duration::from_secs(100),
+            max_tokens: 2,
+        };
+        let mut l = TokenList::default();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            l = decide_rotation(&l, entry(id, i as u64, 0), &p, i as u64);
+        }
+        assert_eq!(
+            l.token.iter().map(|t| &t.id[..1]).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn hostile_profile_names_are_refused() {
+        for bad in ["", "../x", "a/b", "A", "-x", "ä", &"a".repeat(33)] {
+            assert!(check_profile_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_profile_name("deploy-2").is_ok());
+    }
+}

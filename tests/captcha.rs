@@ -1,0 +1,175 @@
+//! CAPTCHA rules seen from outside: a challenge passes once, expires, tolerates a bounded
+//! number of wrong answers, and hostile ids are refused without touching any path.
+
+use crate::util::*;
+
+fn post(site: &Site, id: &str, answer: &str) -> Answer {
+    site.cgi("contact", "POST")
+        .captcha_cookie(id)
+        .form(&good_form(answer))
+        .run()
+}
+
+fn accepted(a: &Answer) -> bool {
+    a.status == 200 || a.status == 202
+}
+
+#[test]
+fn the_image_is_a_png_with_a_one_time_cookie_and_no_cache() {
+    let site = Site::new();
+    let a = site.cgi("captcha", "GET").run();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("image/png"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    assert!(a.body.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let cookie = a.header("set-cookie").expect("cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/")
+    );
+    let id = a.cookie("fw_captcha").expect("id");
+    // The answer is stored only as a hash.
+    let stored = std::fs::read_to_string(site.var(&format!("tmp/captcha/{id}.toml")))
+        .expect("challenge file");
+    let answer = a.header("x-formwarden-test-answer").expect("hook");
+    assert!(
+        !stored.contains(answer),
+        "the answer must not be stored in clear"
+    );
+}
+
+#[test]
+fn json_mode_returns_id_and_inline_image() {
+    let site = Site::new();
+    let a = site
+        .cgi("captcha", "GET")
+        .header("accept", "application/json")
+        .run();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    let t = a.text();
+    assert!(
+        t.contains("\"id\":\"") && t.contains("data:image/png;base64,"),
+        "{t}"
+    );
+    // A script can post the id as a field instead of the cookie.
+    let id = t
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("id")
+        .to_string();
+    let answer = a
+        .header("x-formwarden-test-answer")
+        .expect("hook")
+        .to_string();
+    let mut form = good_form(&answer);
+    form.push(("captcha_id", id));
+    let p = site
+        .cgi("contact", "POST")
+        .header("accept", "application/json")
+        .form(&form)
+        .run();
+    assert!(accepted(&p), "{} {}", p.status, p.text());
+    assert!(p.text().contains("\"ok\":true"));
+}
+
+#[test]
+fn a_solved_challenge_cannot_be_replayed() {
+    let site = Site::new();
+    let (id, answer) = site.challenge("192.0.2.10");
+    assert!(accepted(&post(&site, &id, &answer)));
+    let again = post(&site, &id, &answer);
+    assert_eq!(again.status, 403, "replay must be refused");
+    assert!(
+        again.text().contains("<img src=\"/cgi-bin/captcha\""),
+        "the error page offers a fresh challenge"
+    );
+    let spooled = site.ls("spool/new").len() + site.ls("mail-out").len();
+    assert_eq!(spooled, 1);
+}
+
+#[test]
+fn the_same_answer_posted_twice_at_once_passes_once() {
+    let site = Site::new();
+    let (id, answer) = site.challenge("192.0.2.10");
+    let req = site
+        .cgi("contact", "POST")
+        .captcha_cookie(&id)
+        .form(&good_form(&answer));
+    let answers = collect((0..12).map(|_| req.spawn()).collect());
+    assert_eq!(answers.iter().filter(|a| accepted(a)).count(), 1);
+    assert_eq!(answers.iter().filter(|a| a.status == 403).count(), 11);
+}
+
+#[test]
+fn an_expired_challenge_is_refused() {
+    let site = Site::with("captcha_lifetime_seconds = 1", "");
+    let (id, answer) = site.challenge("192.0.2.10");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let a = post(&site, &id, &answer);
+    assert_eq!(a.status, 403);
+    assert!(a.text().contains("expired"), "{}", a.text());
+}
+
+#[test]
+fn wrong_answers_are_bounded_per_challenge() {
+    let site = Site::with("captcha_max_attempts = 3", "");
+    let (id, answer) = site.challenge("192.0.2.10");
+    for _ in 0..3 {
+        assert_eq!(post(&site, &id, "WRONG").status, 403);
+    }
+    // Even the right answer cannot revive a burnt challenge.
+    assert_eq!(post(&site, &id, &answer).status, 403);
+}
+
+#[test]
+fn answers_are_case_insensitive() {
+    let site = Site::new();
+    let (id, answer) = site.challenge("192.0.2.10");
+    assert!(accepted(&post(
+        &site,
+        &id,
+        &format!(" {} ", answer.to_lowercase())
+    )));
+}
+
+#[test]
+fn hostile_ids_are_refused_without_touching_paths() {
+    let site = Site::new();
+    let outside = site.root().join("pwned.toml");
+    let hostile = [
+        "../../pwned".to_string(),
+        "../../../../../../tmp/x".to_string(),
+        "a".repeat(5000),
+        "ä€𝄞".repeat(10),
+        "%2e%2e%2fpwned".to_string(),
+        "0123456789abcdef0123456789ABCDEF".to_string(),
+        String::new(),
+    ];
+    let before = walk(site.root());
+    for id in &hostile {
+        let mut form = good_form("ACDEF");
+        form.push(("captcha_id", id.clone()));
+        let a = site.cgi("contact", "POST").form(&form).run();
+        assert_eq!(a.status, 403, "id {id:?}: {}", a.text());
+        let a = site
+            .cgi("contact", "POST")
+            .captcha_cookie(id)
+            .form(&good_form("ACDEF"))
+            .run();
+        assert_eq!(a.status, 403);
+    }
+    assert!(!outside.exists());
+    // Only the rate-limit window and its lock file may have appeared.
+    let after: Vec<_> = walk(site.root())
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(after.len() <= 2, "unexpected files: {after:?}");
+    assert!(
+        after
+            .iter()
+            .all(|p| p.to_string_lossy().contains("ratelimit")),
+        "{after:?}"
+    );
+}

@@ -1,0 +1,12 @@
+//! formwarden's end-to-end suite: every test runs the real executables as separate
+//! processes (often dozens at once) over a throw-away runtime tree. Build with
+//! `--features test-hooks` (scripts/test.sh does), which lets tests learn CAPTCHA answers.
+
+mod util;
+
+mod bad_input;
+mod captcha;
+mod contention;
+mod locking;
+mod privacy;
+mod tokens;

@@ -1,0 +1,349 @@
+//! The test harness: a throw-away runtime tree per test and a builder that runs the real
+//! executables as CGI processes, the way a web server would (clean environment, RFC 3875
+//! variables, body on stdin), and parses their answers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A salt that passes validation; tests that check privacy search for addresses, not it.
+pub const SALT: &str = "t3stS4lt-0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// Path of one of the real executables.
+pub fn exe(name: &str) -> PathBuf {
+    match name {
+        "captcha" => PathBuf::from(env!("CARGO_BIN_EXE_captcha")),
+        "contact" => PathBuf::from(env!("CARGO_BIN_EXE_contact")),
+        "tokens" => PathBuf::from(env!("CARGO_BIN_EXE_tokens")),
+        "preview" => PathBuf::from(env!("CARGO_BIN_EXE_preview")),
+        other => panic!("no executable {other}"),
+    }
+}
+
+/// A runtime tree in a temp folder with its own config.
+pub struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A site with the default test config plus `extra` TOML lines (top-level keys first).
+    pub fn with(extra_top: &str, extra_sections: &str) -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let var = dir.path().join("var");
+        for d in [
+            "config",
+            "lock",
+            "tmp/captcha",
+            "tmp/ratelimit",
+            "state/tokens",
+            "spool/new",
+            "spool/failed",
+            "spool/sent",
+            "mail-out",
+        ] {
+            std::fs::create_dir_all(var.join(d)).expect("mkdir");
+        }
+        // Generous limits by default; a test that sets a key itself replaces the default.
+        let defaults: String = ["captcha_max_get = 1000", "contact_max_post = 1000"]
+            .iter()
+            .filter(|d| !extra_top.contains(d.split(' ').next().unwrap_or("")))
+            .map(|d| format!("{d}\n"))
+            .collect();
+        let config = format!(
+            "ip_salt = \"{SALT}\"\n{defaults}{extra_top}\n\
+             [mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\n\
+             [mail.file]\ndir = \"{}\"\n\
+             [tokens.profiles.admin]\ngrace_seconds = 3600\n[tokens.profiles.deploy]\ngrace_seconds = 3600\nmax_tokens = 1000\n{extra_sections}\n",
+            var.join("mail-out").display()
+        );
+        std::fs::write(var.join("config/config.toml"), config).expect("write config");
+        Site { dir }
+    }
+
+    /// A site with the default test config.
+    pub fn new() -> Site {
+        Site::with("", "")
+    }
+
+    /// The runtime root (parent of `var/`).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under `var/`.
+    pub fn var(&self, rel: &str) -> PathBuf {
+        self.root().join("var").join(rel)
+    }
+
+    /// Files in a folder under `var/` (names only, sorted, temp files included).
+    pub fn ls(&self, rel: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.var(rel))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A request to executable `bin` with `method`.
+    pub fn cgi(&self, bin: &str, method: &str) -> Cgi {
+        Cgi::new(self.root(), bin, method)
+    }
+
+    /// Runs the `tokens` command line.
+    pub fn tokens_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(exe("tokens"))
+            .args(args)
+            .env_clear()
+            .env("FORMWARDEN_ROOT", self.root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tokens")
+    }
+
+    /// Fetches a CAPTCHA for `addr` and returns (challenge id, answer).
+    pub fn challenge(&self, addr: &str) -> (String, String) {
+        let a = self.cgi("captcha", "GET").remote_addr(addr).run();
+        assert_eq!(a.status, 200, "captcha GET: {}", a.text());
+        let id = a.cookie("fw_captcha").expect("challenge cookie");
+        let answer = a
+            .header("x-formwarden-test-answer")
+            .expect("test hook header")
+            .to_string();
+        (id, answer)
+    }
+
+    /// Holds lock `key` from this test process, the way another request would, by the
+    /// library's one lock runner.
+    pub fn hold_lock(&self, key: &formwarden::lock::LockKey) -> formwarden::lock::LockGuard {
+        formwarden::lock::LockRunner::new(
+            self.var("lock"),
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+        )
+        .acquire(key)
+        .expect("hold lock")
+    }
+}
+
+/// A valid contact form for challenge `(id, answer)`.
+pub fn good_form(answer: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("name", "Ada Lovelace".to_string()),
+        ("email", "ada@example.net".to_string()),
+        ("subject", "Hello".to_string()),
+        ("message", "Line one\r\nLine two".to_string()),
+        ("captcha", answer.to_string()),
+    ]
+}
+
+/// One CGI request to build and run.
+pub struct Cgi {
+    bin: PathBuf,
+    vars: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Cgi {
+    fn new(root: &Path, bin: &str, method: &str) -> Cgi {
+        let mut vars = BTreeMap::new();
+        for (k, v) in [
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+            ("REMOTE_ADDR", "192.0.2.10"),
+            ("QUERY_STRING", ""),
+        ] {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        vars.insert("REQUEST_METHOD".into(), method.into());
+        vars.insert("SCRIPT_NAME".into(), format!("/cgi-bin/{bin}"));
+        vars.insert("FORMWARDEN_ROOT".into(), root.display().to_string());
+        Cgi {
+            bin: exe(bin),
+            vars,
+            body: Vec::new(),
+        }
+    }
+
+    /// Sets a meta-variable.
+    pub fn var(mut self, k: &str, v: &str) -> Cgi {
+        self.vars.insert(k.into(), v.into());
+        self
+    }
+
+    /// Removes a meta-variable.
+    pub fn unset(mut self, k: &str) -> Cgi {
+        self.vars.remove(k);
+        self
+    }
+
+    /// Sets the client address.
+    pub fn remote_addr(self, a: &str) -> Cgi {
+        self.var("REMOTE_ADDR", a)
+    }
+
+    /// Sets a request header.
+    pub fn header(self, name: &str, v: &str) -> Cgi {
+        let k = format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"));
+        self.var(&k, v)
+    }
+
+    /// Sets the query string.
+    pub fn query(self, q: &str) -> Cgi {
+        self.var("QUERY_STRING", q)
+    }
+
+    /// Sends the CAPTCHA cookie.
+    pub fn captcha_cookie(self, id: &str) -> Cgi {
+        self.header("cookie", &format!("fw_captcha={id}"))
+    }
+
+    /// Sends a raw body with a content type.
+    pub fn body(mut self, content_type: &str, body: &[u8]) -> Cgi {
+        self.body = body.to_vec();
+        self.vars.insert("CONTENT_TYPE".into(), content_type.into());
+        self.vars
+            .insert("CONTENT_LENGTH".into(), body.len().to_string());
+        self
+    }
+
+    /// Sends an urlencoded form.
+    pub fn form(self, fields: &[(&str, String)]) -> Cgi {
+        let enc = serde_urlencoded::to_string(fields).expect("encode");
+        self.body("application/x-www-form-urlencoded", enc.as_bytes())
+    }
+
+    /// Starts the process without waiting (for concurrency tests).
+    pub fn spawn(&self) -> Child {
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .envs(&self.vars)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn executable");
+        let mut stdin = child.stdin.take().expect("stdin");
+        // A process may answer (413, 405) without reading its body; a broken pipe is fine.
+        let _ = stdin.write_all(&self.body);
+        drop(stdin);
+        child
+    }
+
+    /// Runs the request to completion.
+    pub fn run(&self) -> Answer {
+        let t = Instant::now();
+        let out = self.spawn().wait_with_output().expect("wait");
+        Answer::parse(&out.stdout, &out.stderr, t.elapsed(), out.status.code())
+    }
+}
+
+/// A parsed CGI answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status from the `Status:` header.
+    pub status: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// What the process logged.
+    pub stderr: String,
+    /// Wall time of the process.
+    pub elapsed: Duration,
+    /// Exit code.
+    pub code: Option<i32>,
+}
+
+impl Answer {
+    /// Parses the raw output of a CGI process.
+    pub fn parse(out: &[u8], err: &[u8], elapsed: Duration, code: Option<i32>) -> Answer {
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, 4));
+        let (end, sep) = split.unwrap_or_else(|| {
+            panic!(
+                "no header block in {:?} (stderr {})",
+                String::from_utf8_lossy(out),
+                String::from_utf8_lossy(err)
+            )
+        });
+        let head = String::from_utf8_lossy(&out[..end]).to_string();
+        let mut status = 200;
+        let mut headers = Vec::new();
+        for line in head.split("\r\n") {
+            let (k, v) = line.split_once(':').expect("header line");
+            let k = k.trim().to_ascii_lowercase();
+            let v = v.trim().to_string();
+            if k == "status" {
+                status = v[..3].parse().expect("status code");
+            }
+            headers.push((k, v));
+        }
+        Answer {
+            status,
+            headers,
+            body: out[end + sep..].to_vec(),
+            stderr: String::from_utf8_lossy(err).into_owned(),
+            elapsed,
+            code,
+        }
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A cookie set by `Set-Cookie`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let sc = self.header("set-cookie")?;
+        let first = sc.split(';').next()?;
+        let (k, v) = first.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().to_string())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Waits for many children and parses their answers.
+pub fn collect(children: Vec<Child>) -> Vec<Answer> {
+    children
+        .into_iter()
+        .map(|c| {
+            let t = Instant::now();
+            let out = c.wait_with_output().expect("wait");
+            Answer::parse(&out.stdout, &out.stderr, t.elapsed(), out.status.code())
+        })
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
