@@ -5,8 +5,13 @@
 mod util;
 
 mod bad_input;
+mod browser;
 mod captcha;
 mod contention;
+mod fastcgi;
 mod locking;
+mod mail;
 mod privacy;
+mod proxies;
 mod tokens;
+mod webservers;
