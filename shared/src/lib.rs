@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod endpoint;
 pub mod error;
+pub mod fastcgi;
 pub mod form;
 pub mod json;
 pub mod layout;

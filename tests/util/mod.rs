@@ -2,6 +2,8 @@
 //! executables as CGI processes, the way a web server would (clean environment, RFC 3875
 //! variables, body on stdin), and parses their answers.
 
+pub mod servers;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

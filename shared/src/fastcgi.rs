@@ -1,0 +1,1 @@
+//! FastCGI responder (filled in by the FastCGI work).
