@@ -1,1 +1,596 @@
-//! (filled in by its issue)
+//! Mail that loses nothing, against a real SMTP server (aiosmtpd) on loopback: the happy
+//! path, a server that is down, a server that refuses for good, STARTTLS and implicit TLS
+//! with a test CA, AUTH, concurrent retry runs, header injection, the sendmail transport
+//! and the file transport of the local preview.
+
+use crate::util::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; the server binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The SMTP server of the tests, stopped on drop.
+struct Smtp {
+    child: Child,
+    maildir: PathBuf,
+    port: u16,
+}
+
+impl Smtp {
+    fn start(dir: &Path, port: u16, args: &[&str]) -> Smtp {
+        let maildir = dir.join(format!("maildir-{port}"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--maildir"])
+            .arg(&maildir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aiosmtpd (scripts/install-test-deps.sh installs it)");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("server output");
+        assert_eq!(line.trim(), "READY", "the SMTP server did not start");
+        Smtp {
+            child,
+            maildir,
+            port,
+        }
+    }
+
+    /// Every message the server accepted, as text.
+    fn messages(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.maildir.join("new"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp_mail(port: u16, extra: &str) -> String {
+    format!(
+        "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\", \"second@example.org\"]\n\
+         subject_prefix = \"[Site] \"\ntransport = \"smtp\"\nretry_backoff_seconds = 0\nmax_attempts = 3\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_seconds = 5\nhello_name = \"formwarden.test\"\n{extra}"
+    )
+}
+
+fn post(site: &Site, fields: &[(&str, String)], id: &str) -> Answer {
+    site.cgi("contact", "POST")
+        .captcha_cookie(id)
+        .form(fields)
+        .run()
+}
+
+fn post_good(site: &Site) -> Answer {
+    let (id, answer) = site.challenge("192.0.2.10");
+    post(site, &good_form(&answer), &id)
+}
+
+fn header<'a>(mail: &'a str, name: &str) -> Option<&'a str> {
+    mail.split("\n\n")
+        .next()?
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::trim))
+}
+
+/// A test CA and a server certificate for 127.0.0.1/localhost signed by it.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=formwarden test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn a_form_post_ends_as_exactly_one_message_with_the_right_headers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let smtp = Smtp::start(tmp.path(), port, &[]);
+    let site = Site::with_mail("", &smtp_mail(port, "security = \"plain\"\n"));
+    let t = Instant::now();
+    let a = post_good(&site);
+    let elapsed = t.elapsed();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.text().contains("has been sent"));
+    eprintln!("POST to message in the mailbox: {elapsed:?}");
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(header(m, "From"), Some("Site <noreply@example.org>"));
+    assert_eq!(
+        header(m, "To"),
+        Some("owner@example.org, second@example.org")
+    );
+    assert_eq!(
+        header(m, "Reply-To"),
+        Some("\"Ada Lovelace\" <ada@example.net>")
+    );
+    assert_eq!(header(m, "Subject"), Some("[Site] Hello"));
+    assert!(header(m, "Message-ID").is_some_and(|v| v.ends_with("@example.org>")));
+    assert!(header(m, "Date").is_some());
+    assert!(
+        m.contains("Line one\nLine two") || m.contains("Line one\r\nLine two"),
+        "{m}"
+    );
+    assert!(
+        site.ls("spool/new").is_empty(),
+        "a delivered message leaves the spool"
+    );
+}
+
+#[test]
+fn server_down_keeps_every_message_and_one_retry_delivers_each_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let site = Site::with_mail("", &smtp_mail(port, "security = \"plain\"\n"));
+    for _ in 0..5 {
+        let a = post_good(&site);
+        assert_eq!(
+            a.status,
+            202,
+            "received but not yet delivered: {}",
+            a.text()
+        );
+        assert!(a.text().contains("received and saved"));
+    }
+    assert_eq!(site.ls("spool/new").len(), 5);
+    let smtp = Smtp::start(tmp.path(), port, &[]);
+    let t = Instant::now();
+    let out = site.cli("spool", &["retry"]);
+    eprintln!("retry of 5 messages: {:?}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 5"));
+    assert_eq!(smtp.messages().len(), 5);
+    assert!(site.ls("spool/new").is_empty());
+    // A second run finds nothing left to send.
+    assert!(String::from_utf8_lossy(&site.cli("spool", &["retry"]).stdout).contains("delivered 0"));
+    assert_eq!(smtp.messages().len(), 5);
+}
+
+#[test]
+fn two_concurrent_retry_runs_deliver_fifty_messages_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let smtp = Smtp::start(tmp.path(), port, &[]);
+    let site = Site::with_mail("", &smtp_mail(port, "security = \"plain\"\n"));
+    let spool = formwarden::spool::Spool::new(site.var("spool"));
+    let now = formwarden::state::now();
+    for i in 0..50 {
+        let c = formwarden::form::Contact {
+            name: format!("Sender {i}"),
+            email: format!("s{i}@example.net"),
+            subject: format!("n{i}"),
+            message: "hi".into(),
+        };
+        spool.save(&c, now, "example.org").expect("spool");
+    }
+    let spawn = || {
+        Command::new(exe("spool"))
+            .arg("retry")
+            .env_clear()
+            .env("FORMWARDEN_ROOT", site.root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spool retry")
+    };
+    let t = Instant::now();
+    let (a, b) = (spawn(), spawn());
+    let (oa, ob) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "two retry runs: {} / {} — {:.0} messages/s",
+        String::from_utf8_lossy(&oa.stdout).trim(),
+        String::from_utf8_lossy(&ob.stdout).trim(),
+        50.0 / secs
+    );
+    let msgs = smtp.messages();
+    let mut ids: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| header(m, "Message-ID"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(msgs.len(), 50, "every message delivered once");
+    assert_eq!(ids.len(), 50, "no duplicates");
+    assert!(site.ls("spool/new").is_empty());
+    assert!(
+        site.ls("lock").iter().all(|f| !f.starts_with("spool_")),
+        "claimed messages leave no lock files behind"
+    );
+}
+
+#[test]
+fn a_permanent_refusal_ends_in_failed_after_the_configured_attempts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let _smtp = Smtp::start(tmp.path(), port, &["--reject"]);
+    let site = Site::with_mail(
+        "",
+        &smtp_mail(port, "security = \"plain\"\n").replace("max_attempts = 3", "max_attempts = 2"),
+    );
+    let a = post_good(&site);
+    assert_eq!(a.status, 202);
+    assert_eq!(site.ls("spool/new").len(), 1);
+    let out = site.cli("spool", &["retry"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a retry that gave up tells cron"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moved to failed/"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(site.ls("spool/new").is_empty());
+    let failed = site.ls("spool/failed");
+    assert_eq!(failed.len(), 1, "never deleted silently");
+    let text = std::fs::read_to_string(site.var(&format!("spool/failed/{}", failed[0])))
+        .expect("failed entry");
+    assert!(
+        text.contains("550") && text.contains("attempts = 2"),
+        "{text}"
+    );
+    let list = site.cli("spool", &["list", "failed"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("550"));
+    // Requeue puts it back with fresh counters.
+    let id = failed[0].trim_end_matches(".toml");
+    assert!(site.cli("spool", &["requeue", id]).status.success());
+    assert_eq!(site.ls("spool/new").len(), 1);
+}
+
+#[test]
+fn starttls_and_implicit_tls_trust_the_configured_ca_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = test_ca(tmp.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+
+    let port = free_port();
+    let smtp = Smtp::start(
+        tmp.path(),
+        port,
+        &["--starttls", &cert, &key, "--auth", "contact:s3cret"],
+    );
+    let ok = format!(
+        "security = \"starttls\"\nca_file = \"{}\"\nusername = \"contact\"\npassword = \"s3cret\"\n",
+        ca.display()
+    );
+    let site = Site::with_mail("", &smtp_mail(port, &ok));
+    assert_eq!(post_good(&site).status, 200);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // Without the CA the server's certificate is refused: nothing is sent, nothing lost.
+    let site = Site::with_mail(
+        "",
+        &smtp_mail(
+            port,
+            "security = \"starttls\"\nusername = \"contact\"\npassword = \"s3cret\"\n",
+        ),
+    );
+    assert_eq!(post_good(&site).status, 202);
+    assert_eq!(smtp.messages().len(), 1);
+    let list = String::from_utf8_lossy(&site.cli("spool", &["list"]).stdout).to_string();
+    assert!(
+        list.to_lowercase().contains("certificate")
+            || list.to_lowercase().contains("unknownissuer"),
+        "{list}"
+    );
+
+    // A wrong password defers too.
+    let bad = ok.replace("s3cret", "wrong");
+    let site = Site::with_mail("", &smtp_mail(port, &bad));
+    assert_eq!(post_good(&site).status, 202);
+    assert_eq!(smtp.messages().len(), 1);
+
+    let port = free_port();
+    let smtps = Smtp::start(tmp.path(), port, &["--implicit-tls", &cert, &key]);
+    let site = Site::with_mail(
+        "",
+        &smtp_mail(
+            port,
+            &format!("security = \"tls\"\nca_file = \"{}\"\n", ca.display()),
+        ),
+    );
+    assert_eq!(post_good(&site).status, 200);
+    assert_eq!(smtps.messages().len(), 1);
+    assert_eq!(smtps.port, port);
+}
+
+#[test]
+fn header_injection_in_any_field_is_refused_before_anything_is_saved_or_sent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let smtp = Smtp::start(tmp.path(), port, &[]);
+    let site = Site::with_mail("", &smtp_mail(port, "security = \"plain\"\n"));
+    let (id, answer) = site.challenge("192.0.2.10");
+    let attacks = [
+        "x\r\nBcc: victim@example.com",
+        "x\nBcc: victim@example.com",
+        "x\rBcc: victim@example.com",
+        "x\u{2028}Bcc: victim@example.com",
+        "x\u{2029}Bcc: v@e.com",
+        "x\u{85}Bcc: v@e.com",
+    ];
+    for field in ["name", "email", "subject"] {
+        for attack in attacks {
+            let mut form = good_form(&answer);
+            for (k, v) in form.iter_mut() {
+                if *k == field {
+                    *v = attack.to_string();
+                }
+            }
+            assert_eq!(post(&site, &form, &id).status, 422, "{field} {attack:?}");
+        }
+        // The percent-encoded form as a raw body, as a bot would send it.
+        let raw = format!("name=Ada&email=a%40b.de&subject=Hi&message=m&captcha={answer}").replace(
+            &format!("{field}="),
+            &format!("{field}=x%0d%0aBcc:%20v%40e.com"),
+        );
+        let a = site
+            .cgi("contact", "POST")
+            .captcha_cookie(&id)
+            .body("application/x-www-form-urlencoded", raw.as_bytes())
+            .run();
+        assert_eq!(a.status, 422, "{raw}");
+    }
+    assert!(site.ls("spool/new").is_empty(), "nothing saved");
+    assert!(smtp.messages().is_empty(), "nothing sent");
+    // The challenge is still good for an honest message afterwards.
+    assert_eq!(post(&site, &good_form(&answer), &id).status, 200);
+}
+
+#[test]
+fn sendmail_transport_pipes_the_message_to_the_configured_program() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let record = tmp.path().join("record");
+    std::fs::create_dir_all(&record).expect("mkdir");
+    let stand_in = tmp.path().join("sendmail");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {r}/args\ncat > {r}/input\n",
+            r = record.display()
+        ),
+    )
+    .expect("script");
+    let mut perm = std::fs::metadata(&stand_in).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&stand_in, perm).expect("chmod");
+    let mail = format!(
+        "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"sendmail\"\n[mail.sendmail]\ncommand = \"{}\"\n",
+        stand_in.display()
+    );
+    let site = Site::with_mail("", &mail);
+    assert_eq!(post_good(&site).status, 200);
+    let args = std::fs::read_to_string(record.join("args")).expect("args");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["-i", "-f", "noreply@example.org", "--", "owner@example.org"]
+    );
+    let input = std::fs::read_to_string(record.join("input")).expect("input");
+    assert!(
+        input.contains("Reply-To: \"Ada Lovelace\" <ada@example.net>")
+            && input.contains("Line two"),
+        "{input}"
+    );
+    assert!(site.ls("spool/new").is_empty());
+
+    // A failing sendmail keeps the message.
+    std::fs::write(
+        &stand_in,
+        "#!/bin/sh\necho 'sendmail: queue full' >&2\nexit 75\n",
+    )
+    .expect("script");
+    assert_eq!(post_good(&site).status, 202);
+    assert_eq!(site.ls("spool/new").len(), 1);
+}
+
+/// Reads an HTTP/1.1 answer from the preview (Connection: close).
+fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect preview");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, head, buf[end + 4..].to_vec())
+}
+
+#[test]
+fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
+    // The preview serves ROOT/deploy/site; give it the real example site.
+    let site = Site::new();
+    std::fs::create_dir_all(site.root().join("deploy")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/site"),
+        site.root().join("deploy/site"),
+    )
+    .expect("link");
+    let port = free_port();
+    let mut preview = Command::new(exe("preview"))
+        .args(["--port", &port.to_string(), "--root"])
+        .arg(site.root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("preview");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "preview did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, page) = http(
+        port,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("/cgi-bin/contact"));
+    let (status, head, png) = http(
+        port,
+        "GET /cgi-bin/captcha HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(png.starts_with(b"\x89PNG"));
+    let find = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let cookie = find("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .expect("cookie");
+    let answer = find("x-formwarden-test-answer").expect("answer");
+    let body = serde_urlencoded::to_string(good_form(&answer)).expect("form");
+    let req = format!(
+        "POST /cgi-bin/contact HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, page) = http(port, &req);
+    let _ = preview.kill();
+    let _ = preview.wait();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&page));
+    let files = site.ls("mail-out");
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with(".eml"));
+    let eml = std::fs::read_to_string(site.var(&format!("mail-out/{}", files[0]))).expect("eml");
+    assert!(eml.contains("Subject: [Contact] Hello"));
+}
+
+#[test]
+fn the_preview_creates_a_fresh_config_with_a_random_salt() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/site"),
+        dir.path().join("deploy/site"),
+    )
+    .expect("link");
+    let port = free_port();
+    let mut preview = Command::new(exe("preview"))
+        .args(["--port", &port.to_string(), "--root"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("preview");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "preview did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = preview.kill();
+    let _ = preview.wait();
+    let config =
+        std::fs::read_to_string(dir.path().join("var/config/config.toml")).expect("config created");
+    let salt = config
+        .lines()
+        .find_map(|l| l.strip_prefix("ip_salt = \""))
+        .expect("salt");
+    assert!(salt.trim_end_matches('"').len() >= 32);
+    assert!(
+        formwarden::config::Config::load(&dir.path().join("var/config/config.toml")).is_ok(),
+        "the created config is valid"
+    );
+}

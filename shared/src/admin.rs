@@ -79,3 +79,96 @@ pub fn tokens_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> 
         2
     })
 }
+
+const SPOOL_USAGE: &str = "usage: spool retry | list [new|failed|sent] | show ID | requeue ID|all
+  retry    deliver every due message in var/spool/new (run it from cron, e.g. every 5 minutes)
+  list     messages in a folder with attempts and last error (default: new)
+  show     one message as stored
+  requeue  move a failed message (or all) back to new/ with fresh attempt counters";
+
+/// Runs the `spool` command line; returns the exit code (1 when a retry left messages
+/// undelivered, so cron can mail the operator).
+pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    use crate::spool::Folder;
+    let app = match App::for_request(&Request::from_process_env()) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "spool: {e}");
+            return 2;
+        }
+    };
+    let t = now();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let folder = |name: Option<&str>| match name.unwrap_or("new") {
+        "new" => Some(Folder::New),
+        "failed" => Some(Folder::Failed),
+        "sent" => Some(Folder::Sent),
+        _ => None,
+    };
+    let result = match (arg(0), arg(1)) {
+        (Some("retry"), None) => crate::delivery::retry(&app, t).map(|r| {
+            let _ = writeln!(
+                out,
+                "delivered {} deferred {} failed {} busy {} waiting {}",
+                r.delivered, r.deferred, r.failed, r.busy, r.waiting
+            );
+            if r.deferred + r.failed > 0 { 1 } else { 0 }
+        }),
+        (Some("list"), f) => match folder(f) {
+            None => {
+                let _ = writeln!(err, "{SPOOL_USAGE}");
+                return 2;
+            }
+            Some(f) => app.spool.ids(f).and_then(|ids| {
+                let _ = writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error");
+                for id in ids {
+                    match app.spool.load(f, &id, t)? {
+                        Some(Ok(m)) => {
+                            let _ = writeln!(
+                                out,
+                                "{}\t{}\t{}\t{}",
+                                m.id, m.attempts, m.next_attempt_at, m.last_error
+                            );
+                        }
+                        Some(Err(reason)) => {
+                            let _ = writeln!(out, "{id}\t?\t?\tunreadable: {reason}");
+                        }
+                        None => {}
+                    }
+                }
+                Ok(0)
+            }),
+        },
+        (Some("show"), Some(id)) if crate::spool::is_valid_id(id) => {
+            let found = [Folder::New, Folder::Failed, Folder::Sent]
+                .into_iter()
+                .map(|f| app.spool.path(f, id))
+                .find(|p| p.exists());
+            match found
+                .map(|p| std::fs::read_to_string(&p).map_err(|e| crate::Error::io("read", &p, e)))
+            {
+                Some(Ok(text)) => {
+                    let _ = write!(out, "{text}");
+                    Ok(0)
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    let _ = writeln!(err, "spool: no message {id}");
+                    Ok(1)
+                }
+            }
+        }
+        (Some("requeue"), Some(id)) => crate::delivery::requeue(&app, id, t).map(|n| {
+            let _ = writeln!(out, "requeued {n} message(s)");
+            if n == 0 { 1 } else { 0 }
+        }),
+        _ => {
+            let _ = writeln!(err, "{SPOOL_USAGE}");
+            return 2;
+        }
+    };
+    result.unwrap_or_else(|e| {
+        let _ = writeln!(err, "spool: {e}");
+        2
+    })
+}

@@ -26,7 +26,12 @@ pub const HEIGHT: u32 = 70;
 /// The characters an answer may contain. Letters and digits that are easily confused
 /// (0/O/Q/D-like pairs, 1/I/L, 2/Z, 5/S, 8/B, G/6) are left out, and the embedded font
 /// holds exactly these glyphs, so a character outside this set could not be drawn anyway.
-const ALPHABET: &str = "ACDEFHJKMNPRTUVWXY34679";
+// The service's alphabet, as text: the renderer must have a glyph for every character the
+// CAPTCHA service can draw, and one definition keeps the two from drifting apart.
+const ALPHABET: &str = match std::str::from_utf8(crate::captcha::ALPHABET) {
+    Ok(s) => s,
+    Err(_) => panic!("the CAPTCHA alphabet is ASCII"),
+};
 /// Fewest characters an answer may have.
 const MIN_LEN: usize = 4;
 /// Most characters an answer may have; more would have to be drawn too small to read.
@@ -130,25 +135,24 @@ fn draw(font: &FontRef<'_>, chars: &[char], rng: &mut Rng) -> Result<Vec<u8>, Im
     }
 
     for placement in layout(&shapes, upem, &wave, rng) {
-        let level = rng.range(15.0, 70.0);
+        let level = rng.range(10.0, 60.0);
         canvas.glyph(&placement, &wave, level);
     }
 
-    // Dark lines crossing the text, about as dark as the text but thinner, so that they
-    // cannot be removed by colour or by a simple thickness filter, yet a person reads
-    // through them.
+    // Dark lines crossing the text. They are thinner and a little lighter than the text,
+    // so that a person's eye separates them from the letters, while their levels overlap
+    // the text's enough that a plain threshold does not remove them.
     for _ in 0..2 {
         let points = wave.apply_all(random_curve(rng, 18.0, HEIGHT as f32 - 18.0));
-        let level = rng.range(30.0, 90.0);
-        let half_width = rng.range(0.6, 1.05);
+        let level = rng.range(55.0, 105.0);
+        let half_width = rng.range(0.55, 0.95);
         canvas.stroke(&mut scratch, &points, half_width, level);
     }
     let straight = random_line(rng);
     let level = rng.range(60.0, 120.0);
     canvas.stroke(&mut scratch, &straight, rng.range(0.45, 0.75), level);
-    // One thin paper-coloured cut through the glyphs breaks their outlines apart.
-    let points = wave.apply_all(random_curve(rng, 22.0, HEIGHT as f32 - 22.0));
-    canvas.stroke(&mut scratch, &points, rng.range(0.35, 0.55), paper);
+    // No line is drawn lighter than the text across it: such cuts were tried and made
+    // thin stems such as the J's fall apart into something like "!" for a person too.
 
     // Speckles: mostly dark dots all over, a few light ones that nick the glyphs.
     for _ in 0..90 {
@@ -337,8 +341,10 @@ impl Wave {
     fn random(rng: &mut Rng) -> Self {
         let tau = std::f32::consts::TAU;
         Self {
-            amp_x: rng.range(1.0, 2.2),
-            freq_x: tau / rng.range(22.0, 40.0),
+            // Sideways sway is kept gentle and long: a faster one bent tall narrow
+            // stems such as J into S-like shapes.
+            amp_x: rng.range(0.7, 1.5),
+            freq_x: tau / rng.range(40.0, 70.0),
             phase_x: rng.range(0.0, tau),
             amp_y: rng.range(2.5, 5.0),
             freq_y: tau / rng.range(70.0, 140.0),

@@ -1,10 +1,218 @@
 //! Delivery of spooled messages: the first attempt right after a contact POST, and the
-//! retry run for cron. Each message is claimed under its lock `spool_{id}` before it is
-//! sent, so no message goes out twice from two senders at once.
+//! retry run for cron. Each message is claimed under its lock `spool_{id}` and re-read
+//! under that lock before it is sent, so two senders (a POST and a retry run, or two retry
+//! runs) never deliver one message twice: whoever comes second finds the key busy or the
+//! message gone. A message leaves `spool/new/` only when it was delivered (then it is
+//! removed or archived in `sent/`) or when it gave up (then it moves to `failed/`, with a
+//! log line); nothing is dropped silently.
+//!
+//! The one gap that remains is a crash between the server's acceptance and the removal of
+//! the spool file: the message is then sent again by the next retry (at least once, never
+//! lost). Its `Message-ID` stays the same, so mail clients recognise the duplicate.
 
 use crate::app::App;
+use crate::error::Result;
+use crate::lock::LockKey;
+use crate::mail::{self, SendError};
+use crate::spool::{Folder, Message};
+use std::time::Duration;
 
-/// Tries to deliver the message the contact POST just spooled. `true` when it went out.
-pub fn deliver_fresh(_app: &App, _id: &str, _now: u64) -> bool {
-    false
+/// Longest wait between two attempts of one message.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Delivered and taken out of `new/`.
+    Delivered,
+    /// Not delivered; stays in `new/` for a later retry.
+    Deferred(String),
+    /// Gave up; moved to `failed/`.
+    Failed(String),
+    /// Another sender holds it right now.
+    Busy,
+    /// Not due yet (backoff) or already gone.
+    Skipped,
+}
+
+/// Totals of one retry run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Messages delivered.
+    pub delivered: usize,
+    /// Messages that stay for later.
+    pub deferred: usize,
+    /// Messages moved to `failed/`.
+    pub failed: usize,
+    /// Messages another sender was handling.
+    pub busy: usize,
+    /// Messages not due yet.
+    pub waiting: usize,
+}
+
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempts.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// The decision policy for a message that is due: give up, or try.
+fn give_up_reason(app: &App, msg: &Message, now: u64) -> Option<String> {
+    let cfg = &app.config.mail;
+    if msg.attempts >= cfg.max_attempts {
+        return Some(format!(
+            "{} attempts made; last error: {}",
+            msg.attempts, msg.last_error
+        ));
+    }
+    if now.saturating_sub(msg.received_at.max(msg.requeued_at)) > cfg.max_age.as_secs() {
+        return Some(format!(
+            "older than {} hours; last error: {}",
+            cfg.max_age.as_secs() / 3600,
+            msg.last_error
+        ));
+    }
+    None
+}
+
+/// Handles one message in `new/`: claim, re-read, decide, send, record. `due_only` makes
+/// the retry run respect the backoff; the POST's first attempt ignores it.
+fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
+    let Some(guard) = app.locks.try_acquire(&LockKey::spool(id))? else {
+        return Ok(Fate::Busy);
+    };
+    let spool = &app.spool;
+    let mut msg = match spool.load(Folder::New, id, now)? {
+        None => {
+            // Delivered (or failed) by someone else between our listing and our lock.
+            guard.release_and_unlink()?;
+            return Ok(Fate::Skipped);
+        }
+        Some(Err(reason)) => {
+            // The reset executor's rule for the spool: never delete a message, park it.
+            tracing::error!(id, reason, "spool entry unreadable: moved to failed/");
+            spool.move_to(id, Folder::New, Folder::Failed)?;
+            guard.release_and_unlink()?;
+            return Ok(Fate::Failed(reason));
+        }
+        Some(Ok(m)) => m,
+    };
+    if due_only && msg.next_attempt_at > now {
+        return Ok(Fate::Skipped);
+    }
+    if let Some(reason) = give_up_reason(app, &msg, now) {
+        tracing::error!(id, reason, "delivery given up: moved to failed/");
+        spool.move_to(id, Folder::New, Folder::Failed)?;
+        guard.release_and_unlink()?;
+        return Ok(Fate::Failed(reason));
+    }
+    let result = mail::build(&app.config.mail, &msg)
+        .and_then(|m| mail::send(&app.config.mail, app.layout.root(), id, &m));
+    match result {
+        Ok(()) => {
+            if app.config.mail.keep_sent > 0 {
+                spool.move_to(id, Folder::New, Folder::Sent)?;
+                spool.trim_sent(app.config.mail.keep_sent)?;
+            } else {
+                spool.remove(Folder::New, id)?;
+            }
+            tracing::info!(id, attempts = msg.attempts + 1, "message delivered");
+            guard.release_and_unlink()?;
+            Ok(Fate::Delivered)
+        }
+        Err(e) => {
+            msg.attempts += 1;
+            msg.last_error = e.to_string();
+            msg.next_attempt_at =
+                now + backoff(app.config.mail.retry_backoff, msg.attempts).as_secs();
+            let permanent = matches!(e, SendError::Permanent(_));
+            if msg.attempts >= app.config.mail.max_attempts {
+                spool.update(Folder::New, &msg)?;
+                spool.move_to(id, Folder::New, Folder::Failed)?;
+                tracing::error!(id, attempts = msg.attempts, error = %e, "delivery given up: moved to failed/");
+                guard.release_and_unlink()?;
+                return Ok(Fate::Failed(msg.last_error));
+            }
+            spool.update(Folder::New, &msg)?;
+            tracing::warn!(id, attempts = msg.attempts, permanent, error = %e, "delivery deferred: message stays in the spool");
+            Ok(Fate::Deferred(msg.last_error))
+        }
+    }
+}
+
+/// Tries to deliver the message the contact POST just spooled. `true` when it went out;
+/// `false` means it is safely in the spool for the retry run.
+pub fn deliver_fresh(app: &App, id: &str, now: u64) -> bool {
+    match handle(app, id, now, false) {
+        Ok(Fate::Delivered) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::error!(id, error = %e, "delivery attempt failed; the message stays in the spool");
+            false
+        }
+    }
+}
+
+/// The retry run: every due message in `new/`, oldest first. Busy messages are left to the
+/// sender that holds them.
+pub fn retry(app: &App, now: u64) -> Result<RetryReport> {
+    let mut report = RetryReport::default();
+    for id in app.spool.ids(Folder::New)? {
+        match handle(app, &id, now, true)? {
+            Fate::Delivered => report.delivered += 1,
+            Fate::Deferred(_) => report.deferred += 1,
+            Fate::Failed(_) => report.failed += 1,
+            Fate::Busy => report.busy += 1,
+            Fate::Skipped => report.waiting += 1,
+        }
+    }
+    tracing::info!(?report, "retry run done");
+    Ok(report)
+}
+
+/// Moves `id` (or every message with `"all"`) from `failed/` back to `new/` with fresh
+/// counters, so the next retry run tries again. Returns how many moved.
+pub fn requeue(app: &App, id: &str, now: u64) -> Result<usize> {
+    let ids = if id == "all" {
+        app.spool.ids(Folder::Failed)?
+    } else {
+        vec![id.to_string()]
+    };
+    let mut moved = 0;
+    for id in ids {
+        if !crate::spool::is_valid_id(&id) {
+            return Err(crate::Error::InvalidInput {
+                what: "spool id",
+                detail: id,
+            });
+        }
+        let Some(guard) = app.locks.try_acquire(&LockKey::spool(&id))? else {
+            continue;
+        };
+        if let Some(Ok(mut msg)) = app.spool.load(Folder::Failed, &id, now)? {
+            msg.attempts = 0;
+            msg.next_attempt_at = now;
+            msg.requeued_at = now;
+            app.spool.update(Folder::Failed, &msg)?;
+            app.spool.move_to(&id, Folder::Failed, Folder::New)?;
+            tracing::info!(id, "message requeued");
+            moved += 1;
+        }
+        drop(guard);
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_secs(60);
+        assert_eq!(backoff(b, 1), Duration::from_secs(60));
+        assert_eq!(backoff(b, 3), Duration::from_secs(240));
+        assert_eq!(backoff(b, 40), MAX_BACKOFF);
+    }
 }

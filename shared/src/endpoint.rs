@@ -250,34 +250,34 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
     };
     let mut refill = fields.clone();
     refill.remove("captcha");
-    let mut errors = match form::validate(&fields) {
-        Ok(_) => Vec::new(),
-        Err(e) => e,
-    };
     let answer = fields
         .get("captcha")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    let (contact, mut errors) = match form::validate(&fields) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(e) => (None, e),
+    };
+    // The mail library must accept the address as a Reply-To, or the message could never
+    // be built; refuse it now, before anything is saved.
+    if let Some(c) = &contact
+        && let Err(why) = crate::mail::reply_to(&c.name, &c.email)
+    {
+        tracing::info!(why, "address refused by the mail builder");
+        errors.push(FieldError {
+            field: "email",
+            problem: Problem::BadEmail,
+        });
+    }
     if answer.is_empty() {
         errors.push(FieldError {
             field: "captcha",
             problem: Problem::Missing,
         });
     }
-    if !errors.is_empty() {
-        return pages::error(
-            &ctx,
-            422,
-            "invalid_fields",
-            text(l, Msg::FixFields),
-            &errors,
-            Some(&refill),
-            None,
-        );
-    }
-    let contact = match form::validate(&fields) {
-        Ok(c) => c,
-        Err(errors) => {
+    let contact = match contact {
+        Some(c) if errors.is_empty() => c,
+        _ => {
             return pages::error(
                 &ctx,
                 422,

@@ -1,30 +1,249 @@
 //! Mail: building the message for a spooled contact and handing it to the configured
-//! transport. Recipients and `From` only ever come from the config; the visitor's address
-//! goes into `Reply-To` only, after validation.
+//! transport (SMTP, sendmail, or a folder of `.eml` files). Recipients and `From` only ever
+//! come from the config; the visitor's address goes into `Reply-To` only, after it passed
+//! validation, and every header-bound text is checked again for line breaks here, so no
+//! input can add a header or a recipient. This module never touches the spool: `delivery`
+//! decides what happens to a message after a send.
+
+use crate::config::{MailConfig, SmtpConfig, SmtpSecurity, Transport};
+use crate::spool;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{SendmailTransport, SmtpTransport, Transport as _};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Why a send did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Worth retrying later (server down, 4xx, timeout, TLS trouble).
+    Temporary(String),
+    /// The server refused for good (5xx) or the message cannot be built.
+    Permanent(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Temporary(m) => write!(f, "temporary: {m}"),
+            SendError::Permanent(m) => write!(f, "permanent: {m}"),
+        }
+    }
+}
 
 /// Checks a configured mailbox (`addr@domain` or `Name <addr@domain>`).
 pub fn check_mailbox(s: &str) -> Result<(), String> {
-    let addr = match (s.rfind('<'), s.ends_with('>')) {
-        (Some(i), true) => &s[i + 1..s.len() - 1],
-        _ => s,
-    };
     if s.chars().any(char::is_control) {
         return Err(format!("{s:?} contains control characters"));
     }
-    let at = addr
-        .rfind('@')
-        .ok_or_else(|| format!("{s:?} is not an e-mail address"))?;
-    if at == 0 || at + 1 == addr.len() || addr.contains(char::is_whitespace) {
-        return Err(format!("{s:?} is not an e-mail address"));
-    }
-    Ok(())
+    s.parse::<Mailbox>()
+        .map(|_| ())
+        .map_err(|e| format!("{s:?} is not a mailbox: {e}"))
 }
 
 /// The domain part of a configured mailbox, for `Message-ID`s.
 pub fn domain_of(mailbox: &str) -> String {
     mailbox
-        .trim_end_matches('>')
-        .rsplit_once('@')
-        .map_or("localhost", |(_, d)| d)
-        .to_string()
+        .parse::<Mailbox>()
+        .map(|m| m.email.domain().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// The visitor's `Reply-To` mailbox, or why it cannot be one. Called before a message is
+/// saved, so a message that could never be built is refused up front.
+pub fn reply_to(name: &str, email: &str) -> Result<Mailbox, String> {
+    if name
+        .chars()
+        .chain(email.chars())
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err("control characters in a header field".into());
+    }
+    let address = email.parse().map_err(|e| format!("{e}"))?;
+    Ok(Mailbox::new(Some(name.to_string()), address))
+}
+
+/// Builds the mail for a spooled message.
+pub fn build(config: &MailConfig, msg: &spool::Message) -> Result<Message, SendError> {
+    let bad = |what: &str, e: String| SendError::Permanent(format!("{what}: {e}"));
+    let from: Mailbox = config
+        .from
+        .parse()
+        .map_err(|e| bad("mail.from", format!("{e}")))?;
+    let subject_text = if msg.subject.is_empty() {
+        format!("Message from {}", msg.name)
+    } else {
+        msg.subject.clone()
+    };
+    let subject = format!("{}{}", config.subject_prefix, subject_text);
+    if subject.chars().any(char::is_control) {
+        return Err(bad("subject", "control characters".into()));
+    }
+    let mut b = Message::builder()
+        .from(from)
+        .reply_to(reply_to(&msg.name, &msg.email).map_err(|e| bad("reply-to", e))?)
+        .subject(subject)
+        .message_id(Some(msg.message_id.clone()))
+        .date(UNIX_EPOCH + Duration::from_secs(msg.received_at));
+    for to in &config.to {
+        b = b.to(to.parse().map_err(|e| bad("mail.to", format!("{e}")))?);
+    }
+    let body = format!(
+        "Name: {}\nE-mail: {}\nSubject: {}\nSpool id: {}\n\n{}\n",
+        msg.name, msg.email, msg.subject, msg.id, msg.message
+    );
+    b.header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| bad("message", e.to_string()))
+}
+
+fn smtp_transport(s: &SmtpConfig) -> Result<SmtpTransport, SendError> {
+    let temp = |e: String| SendError::Temporary(e);
+    let tls_params = || -> Result<TlsParameters, SendError> {
+        let mut builder = TlsParameters::builder(s.host.clone());
+        if let Some(ca) = &s.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| temp(format!("mail.smtp.ca_file {}: {e}", ca.display())))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| temp(format!("mail.smtp.ca_file {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        builder
+            .build_rustls()
+            .map_err(|e| temp(format!("TLS set-up: {e}")))
+    };
+    let tls = match s.security {
+        SmtpSecurity::StartTls => Tls::Required(tls_params()?),
+        SmtpSecurity::Tls => Tls::Wrapper(tls_params()?),
+        SmtpSecurity::Plain => Tls::None,
+    };
+    let mut b = SmtpTransport::builder_dangerous(s.host.clone())
+        .port(s.port)
+        .tls(tls)
+        .timeout(Some(s.timeout))
+        .hello_name(ClientId::Domain(s.hello_name.clone()));
+    if let (Some(u), Some(p)) = (&s.username, &s.password) {
+        b = b.credentials(Credentials::new(u.clone(), p.clone()));
+    }
+    Ok(b.build())
+}
+
+/// Sends `message` through the configured transport. `root` resolves a relative file
+/// transport folder. `id` names the `.eml` file of the file transport.
+pub fn send(
+    config: &MailConfig,
+    root: &Path,
+    id: &str,
+    message: &Message,
+) -> Result<(), SendError> {
+    match &config.transport {
+        Transport::Smtp(s) => {
+            let transport = smtp_transport(s)?;
+            transport.send(message).map(|_| ()).map_err(|e| {
+                if e.is_permanent() {
+                    SendError::Permanent(e.to_string())
+                } else {
+                    SendError::Temporary(e.to_string())
+                }
+            })
+        }
+        Transport::Sendmail { command } => SendmailTransport::new_with_command(command.as_os_str())
+            .send(message)
+            .map_err(|e| SendError::Temporary(format!("{} failed: {e}", command.display()))),
+        Transport::File { dir } => {
+            let dir = if dir.is_absolute() {
+                dir.clone()
+            } else {
+                root.join(dir)
+            };
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| SendError::Temporary(format!("{}: {e}", dir.display())))?;
+            // create_new: a retried delivery never overwrites (nor duplicates) a file.
+            match crate::atomic::create_new(&dir.join(format!("{id}.eml")), &message.formatted()) {
+                Ok(()) => Ok(()),
+                Err(crate::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(SendError::Temporary(e.to_string())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+
+    fn config() -> MailConfig {
+        MailConfig {
+            from: "Site <noreply@example.org>".into(),
+            to: vec!["owner@example.org".into()],
+            subject_prefix: "[Contact] ".into(),
+            transport: Transport::File { dir: "x".into() },
+            keep_sent: 0,
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+            retry_backoff: Duration::from_secs(60),
+        }
+    }
+
+    fn message(name: &str, email: &str, subject: &str) -> spool::Message {
+        spool::Message {
+            id: "1-0123456789abcdef".into(),
+            message_id: "<1-0123456789abcdef.formwarden@example.org>".into(),
+            received_at: 1_700_000_000,
+            name: name.into(),
+            email: email.into(),
+            subject: subject.into(),
+            message: "Hello\nWorld äöü".into(),
+            attempts: 0,
+            next_attempt_at: 0,
+            last_error: String::new(),
+            requeued_at: 0,
+        }
+    }
+
+    #[test]
+    fn headers_come_from_config_and_the_visitor_only_in_reply_to() {
+        let m = build(&config(), &message("Jürgen", "j@example.net", "Hi")).expect("built");
+        let text = String::from_utf8_lossy(&m.formatted()).to_string();
+        assert!(
+            text.contains("From: Site <noreply@example.org>\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("To: owner@example.org\r\n"));
+        assert!(
+            text.contains("Reply-To: =?utf-8?b?SsO8cmdlbg==?= <j@example.net>\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Subject: [Contact] Hi\r\n"));
+        assert!(text.contains("Message-ID: <1-0123456789abcdef.formwarden@example.org>\r\n"));
+        assert!(text.contains("Date: "));
+    }
+
+    #[test]
+    fn injection_never_reaches_a_header() {
+        for (n, e, s) in [
+            ("A\r\nBcc: x@y.z", "a@b.de", "s"),
+            ("A", "a@b.de\nBcc: x@y.z", "s"),
+            ("A", "a@b.de", "s\u{2028}Bcc: x"),
+        ] {
+            match build(&config(), &message(n, e, s)) {
+                Err(SendError::Permanent(_)) => {}
+                Ok(m) => {
+                    let text = String::from_utf8_lossy(&m.formatted()).to_string();
+                    assert!(!text.contains("\r\nBcc:"), "{text}");
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(reply_to("A\nB", "a@b.de").is_err());
+        assert!(check_mailbox("x@y.z\r\nBcc: q@r.s").is_err());
+    }
 }

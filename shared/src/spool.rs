@@ -40,6 +40,10 @@ pub struct Message {
     /// The last delivery error, for the operator.
     #[serde(default)]
     pub last_error: String,
+    /// Unix time of the last requeue from `failed/` (0: never); the age limit counts from
+    /// the later of this and `received_at`.
+    #[serde(default)]
+    pub requeued_at: u64,
 }
 
 impl Validate for Message {
@@ -137,6 +141,7 @@ impl Spool {
             attempts: 0,
             next_attempt_at: now,
             last_error: String::new(),
+            requeued_at: 0,
         };
         let text = toml::to_string(&msg).map_err(|e| Error::Mail {
             message: e.to_string(),

@@ -20,6 +20,7 @@ pub fn exe(name: &str) -> PathBuf {
         "contact" => PathBuf::from(env!("CARGO_BIN_EXE_contact")),
         "tokens" => PathBuf::from(env!("CARGO_BIN_EXE_tokens")),
         "preview" => PathBuf::from(env!("CARGO_BIN_EXE_preview")),
+        "spool" => PathBuf::from(env!("CARGO_BIN_EXE_spool")),
         other => panic!("no executable {other}"),
     }
 }
@@ -32,6 +33,16 @@ pub struct Site {
 impl Site {
     /// A site with the default test config plus `extra` TOML lines (top-level keys first).
     pub fn with(extra_top: &str, extra_sections: &str) -> Site {
+        Site::build(extra_top, None, extra_sections)
+    }
+
+    /// A site whose `[mail]` section (and its sub-tables) is `mail` instead of the default
+    /// file transport into `var/mail-out`.
+    pub fn with_mail(extra_top: &str, mail: &str) -> Site {
+        Site::build(extra_top, Some(mail), "")
+    }
+
+    fn build(extra_top: &str, mail: Option<&str>, extra_sections: &str) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let var = dir.path().join("var");
         for d in [
@@ -53,12 +64,15 @@ impl Site {
             .filter(|d| !extra_top.contains(d.split(' ').next().unwrap_or("")))
             .map(|d| format!("{d}\n"))
             .collect();
+        let mail = mail.map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\n[mail.file]\ndir = \"{}\"\n",
+                var.join("mail-out").display()
+            )
+        });
         let config = format!(
-            "ip_salt = \"{SALT}\"\n{defaults}{extra_top}\n\
-             [mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\n\
-             [mail.file]\ndir = \"{}\"\n\
-             [tokens.profiles.admin]\ngrace_seconds = 3600\n[tokens.profiles.deploy]\ngrace_seconds = 3600\nmax_tokens = 1000\n{extra_sections}\n",
-            var.join("mail-out").display()
+            "ip_salt = \"{SALT}\"\n{defaults}{extra_top}\n{mail}\n\
+             [tokens.profiles.admin]\ngrace_seconds = 3600\n[tokens.profiles.deploy]\ngrace_seconds = 3600\nmax_tokens = 1000\n{extra_sections}\n"
         );
         std::fs::write(var.join("config/config.toml"), config).expect("write config");
         Site { dir }
@@ -99,7 +113,12 @@ impl Site {
 
     /// Runs the `tokens` command line.
     pub fn tokens_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(exe("tokens"))
+        self.cli("tokens", args)
+    }
+
+    /// Runs an operator command (`tokens`, `spool`) against this site.
+    pub fn cli(&self, bin: &str, args: &[&str]) -> std::process::Output {
+        Command::new(exe(bin))
             .args(args)
             .env_clear()
             .env("FORMWARDEN_ROOT", self.root())
