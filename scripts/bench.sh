@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmark: prints per-request time of each executable against /bin/true, and lock
+# contention figures for 64-process bursts on one key. Figures only; nothing is asserted
+# (timings on shared machines are noisy). Builds its own release binaries with the
+# test-only answer header (into target/bench) so it can measure a full contact POST.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO_TARGET_DIR=target/bench cargo build --release --locked --features test-hooks --bins
+exec python3 scripts/bench.py target/bench/release "$@"
