@@ -224,3 +224,49 @@ fn an_unwritable_runtime_tree_refuses_cleanly_and_says_not_received() {
         a.stderr
     );
 }
+
+#[test]
+fn pages_follow_the_browser_language_and_operator_templates() {
+    let site = Site::new();
+    let de = site
+        .cgi("contact", "GET")
+        .header("accept-language", "de-DE,de;q=0.9,en;q=0.8")
+        .run();
+    assert_eq!(de.status, 200);
+    assert!(
+        de.text().contains("lang=\"de\"") && de.text().contains("Nachricht"),
+        "{}",
+        de.text()
+    );
+    let en = site
+        .cgi("contact", "GET")
+        .header("accept-language", "fr, en;q=0.5")
+        .run();
+    assert!(en.text().contains("lang=\"en\"") && en.text().contains("Message"));
+
+    std::fs::create_dir_all(site.var("config/templates")).expect("mkdir");
+    std::fs::write(site.var("config/templates/page.html"), "<html lang=\"{{lang}}\"><title>{{title}}</title><body class=\"mine\">{{main}}</body></html>").expect("template");
+    let a = site.cgi("contact", "POST").form(&good_form("WRONG")).run();
+    assert_eq!(a.status, 403);
+    assert!(
+        a.text().starts_with("<html lang=\"en\"><title>") && a.text().contains("class=\"mine\""),
+        "{}",
+        a.text()
+    );
+    assert!(
+        a.text().contains("name=\"captcha\""),
+        "the operator's page still carries the form"
+    );
+    // A template without the placeholder is ignored rather than swallowing the page.
+    std::fs::write(
+        site.var("config/templates/page.html"),
+        "<html>broken</html>",
+    )
+    .expect("template");
+    let a = site.cgi("contact", "GET").run();
+    assert!(
+        a.text().contains("name=\"captcha\"") && a.stderr.contains("placeholder"),
+        "{}",
+        a.stderr
+    );
+}

@@ -23,17 +23,21 @@ pub const CAPTCHA_COOKIE: &str = "fw_captcha";
 
 fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
     let language = app.map_or(Language::Auto, |a| a.config.language);
-    let contact_url = if own == "contact" {
+    let lang = Lang::choose(language, req);
+    let contact = if own == "contact" {
         req.script_name().to_string()
     } else {
         req.sibling_url(own, "contact")
     };
+    // Links back to the form keep the page's language.
+    let contact_url = format!("{contact}?lang={}", lang.code());
     PageCtx {
-        lang: Lang::choose(language, req),
+        lang,
         site_name: app.map_or_else(|| "formwarden".to_string(), |a| a.config.site_name.clone()),
         contact_url,
         captcha_url: req.sibling_url(own, "captcha"),
         json: req.wants_json(),
+        template_dir: app.map(|a| a.layout.config_dir()),
     }
 }
 

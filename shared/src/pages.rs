@@ -25,6 +25,13 @@ impl Lang {
             Language::En => Lang::En,
             Language::De => Lang::De,
             Language::Auto => {
+                // A page may ask for its language explicitly (`?lang=de`), so the German
+                // example page gets German answers in an English browser, without script.
+                match req.query_param("lang").as_deref() {
+                    Some("de") => return Lang::De,
+                    Some("en") => return Lang::En,
+                    _ => {}
+                }
                 let header = req.header("accept-language").unwrap_or("");
                 let mut best: Option<(f32, Lang)> = None;
                 for part in header.split(',') {
@@ -50,7 +57,8 @@ impl Lang {
         }
     }
 
-    fn code(self) -> &'static str {
+    /// The language code (`en`, `de`).
+    pub fn code(self) -> &'static str {
         match self {
             Lang::En => "en",
             Lang::De => "de",
@@ -253,6 +261,32 @@ pub struct PageCtx {
     pub captcha_url: String,
     /// Answer in JSON.
     pub json: bool,
+    /// Where operator templates may live (`var/config/`), if the runtime tree is known.
+    pub template_dir: Option<std::path::PathBuf>,
+}
+
+/// The operator's page template for `lang`: `templates/page.{lang}.html`, else
+/// `templates/page.html` under the config folder. A template must contain `{{main}}`; it
+/// may use `{{lang}}`, `{{title}}` and `{{site}}` (all inserted HTML-escaped except main).
+/// A template without `{{main}}` is ignored with a warning, so a broken upload cannot
+/// swallow every page.
+fn operator_template(ctx: &PageCtx) -> Option<String> {
+    let dir = ctx.template_dir.as_ref()?.join("templates");
+    for name in [
+        format!("page.{}.html", ctx.lang.code()),
+        "page.html".to_string(),
+    ] {
+        let path = dir.join(&name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if text.contains("{{main}}") {
+            return Some(text);
+        }
+        tracing::warn!(path = %path.display(), "page template has no {{main}} placeholder: using the built-in page");
+        return None;
+    }
+    None
 }
 
 fn problem_msg(p: Problem) -> Msg {
@@ -276,6 +310,14 @@ fn field_label(lang: Lang, field: &str) -> &'static str {
 }
 
 fn shell(ctx: &PageCtx, title: &str, main: &str) -> String {
+    if let Some(t) = operator_template(ctx) {
+        // `main` goes last so that text inside it which looks like a placeholder stays text.
+        return t
+            .replace("{{lang}}", ctx.lang.code())
+            .replace("{{title}}", &escape(title))
+            .replace("{{site}}", &escape(&ctx.site_name))
+            .replace("{{main}}", main);
+    }
     format!(
         "<!DOCTYPE html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} – {site}</title>\n<style>body{{font:1rem/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}label{{display:block;margin-top:1rem;font-weight:600}}input,textarea{{width:100%;box-sizing:border-box;padding:.4rem;font:inherit}}.err{{color:#a00}}[aria-invalid=true]{{border:2px solid #a00}}button{{margin-top:1rem;padding:.5rem 1.5rem;font:inherit}}</style>\n</head>\n<body>\n<main>\n<h1>{title}</h1>\n{main}\n</main>\n</body>\n</html>\n",
         lang = ctx.lang.code(),
@@ -360,7 +402,12 @@ pub fn form_html(
         inv = invalid("captcha"),
         send = escape(text(l, Msg::Send)),
     ));
-    shell(ctx, text(l, Msg::ErrorTitle), &main)
+    let title = if messages.is_empty() && errors.is_empty() {
+        Msg::Title
+    } else {
+        Msg::ErrorTitle
+    };
+    shell(ctx, text(l, title), &main)
 }
 
 /// A plain page with a heading, a paragraph and a link back to the form.
