@@ -270,3 +270,90 @@ fn pages_follow_the_browser_language_and_operator_templates() {
         a.stderr
     );
 }
+
+/// A small tmpfs mounted over a folder for one test, unmounted on drop. Mounting needs
+/// root, which the suite has (it installs its servers with apt-get as well).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_cleanly_and_says_not_received() {
+    let site = Site::new();
+    let config = std::fs::read(site.var("config/config.toml")).expect("config");
+    let _fs = Tmpfs::mount(&site.var(""), "256k");
+    for d in [
+        "config",
+        "lock",
+        "tmp/captcha",
+        "tmp/ratelimit",
+        "state/tokens",
+        "spool/new",
+        "spool/failed",
+        "spool/sent",
+        "mail-out",
+    ] {
+        std::fs::create_dir_all(site.var(d)).expect("mkdir");
+    }
+    std::fs::write(site.var("config/config.toml"), &config).expect("config");
+    let (id, answer) = site.challenge("192.0.2.10");
+
+    // Fill the file system to the last block.
+    let fill = site.var("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).expect("fill file");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let a = site
+        .cgi("contact", "POST")
+        .captcha_cookie(&id)
+        .form(&good_form(&answer))
+        .run();
+    assert_controlled(&a, 503);
+    assert!(a.header("retry-after").is_some());
+    assert!(a.text().contains("NOT received"), "{}", a.text());
+    assert!(
+        a.stderr.contains("No space left"),
+        "the log says why: {}",
+        a.stderr
+    );
+    assert!(site.ls("spool/new").is_empty() && site.ls("mail-out").is_empty());
+    let c = site.cgi("captcha", "GET").run();
+    assert_controlled(&c, 503);
+
+    // With space again, the same visitor gets through with a fresh challenge.
+    std::fs::remove_file(&fill).expect("free space");
+    let (id, answer) = site.challenge("192.0.2.10");
+    let a = site
+        .cgi("contact", "POST")
+        .captcha_cookie(&id)
+        .form(&good_form(&answer))
+        .run();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(site.ls("mail-out").len(), 1);
+}

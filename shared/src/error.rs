@@ -94,10 +94,19 @@ impl Error {
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::LockTimeout { .. } => true,
-            Error::Io { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc_codes::ENOSPC | libc_codes::EDQUOT | libc_codes::EAGAIN)
-            ),
+            // tempfile wraps its errors with the path, which hides the raw errno but keeps
+            // the kind, so both are checked.
+            Error::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::WouldBlock
+                ) || matches!(
+                    source.raw_os_error(),
+                    Some(libc_codes::ENOSPC | libc_codes::EDQUOT | libc_codes::EAGAIN)
+                )
+            }
             _ => false,
         }
     }
