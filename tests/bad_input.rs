@@ -305,19 +305,7 @@ fn a_full_disk_refuses_cleanly_and_says_not_received() {
     let site = Site::new();
     let config = std::fs::read(site.var("config/config.toml")).expect("config");
     let _fs = Tmpfs::mount(&site.var(""), "256k");
-    for d in [
-        "config",
-        "lock",
-        "tmp/captcha",
-        "tmp/ratelimit",
-        "state/tokens",
-        "spool/new",
-        "spool/failed",
-        "spool/sent",
-        "mail-out",
-    ] {
-        std::fs::create_dir_all(site.var(d)).expect("mkdir");
-    }
+    make_var_dirs(&site.var(""));
     std::fs::write(site.var("config/config.toml"), &config).expect("config");
     let (id, answer) = site.challenge("192.0.2.10");
 

@@ -497,20 +497,19 @@ fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
     (status, head, buf[end + 4..].to_vec())
 }
 
-#[test]
-fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
-    // The preview serves ROOT/deploy/site; give it the real example site.
-    let site = Site::new();
-    std::fs::create_dir_all(site.root().join("deploy")).expect("mkdir");
+/// Starts the local preview on `root` (which must hold `deploy/site`) and waits until it
+/// accepts connections. The caller kills it.
+fn start_preview(root: &Path) -> (Child, u16) {
+    std::fs::create_dir_all(root.join("deploy")).expect("mkdir");
     std::os::unix::fs::symlink(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/site"),
-        site.root().join("deploy/site"),
+        root.join("deploy/site"),
     )
     .expect("link");
     let port = free_port();
-    let mut preview = Command::new(exe("preview"))
+    let child = Command::new(exe("preview"))
         .args(["--port", &port.to_string(), "--root"])
-        .arg(site.root())
+        .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -520,6 +519,14 @@ fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
         assert!(Instant::now() < deadline, "preview did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, port)
+}
+
+#[test]
+fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
+    // The preview serves ROOT/deploy/site; it gets the real example site.
+    let site = Site::new();
+    let (mut preview, port) = start_preview(site.root());
     let (status, _, page) = http(
         port,
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -561,25 +568,7 @@ fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
 #[test]
 fn the_preview_creates_a_fresh_config_with_a_random_salt() {
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir");
-    std::os::unix::fs::symlink(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/site"),
-        dir.path().join("deploy/site"),
-    )
-    .expect("link");
-    let port = free_port();
-    let mut preview = Command::new(exe("preview"))
-        .args(["--port", &port.to_string(), "--root"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("preview");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "preview did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut preview, _) = start_preview(dir.path());
     let _ = preview.kill();
     let _ = preview.wait();
     let config =

@@ -201,41 +201,13 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
             None,
         );
     }
-    match req.read_body(body, app.config.max_body_bytes) {
-        Ok(()) => {}
-        Err(BodyError::TooLarge { .. }) => {
-            return pages::error(
-                &ctx,
-                413,
-                "too_large",
-                text(l, Msg::TooLarge),
-                &[],
-                None,
-                None,
-            );
-        }
-        Err(BodyError::LengthRequired) => {
-            return pages::error(
-                &ctx,
-                411,
-                "length_required",
-                text(l, Msg::BadRequest),
-                &[],
-                None,
-                None,
-            );
-        }
-        Err(BodyError::Truncated) => {
-            return pages::error(
-                &ctx,
-                400,
-                "bad_request",
-                text(l, Msg::BadRequest),
-                &[],
-                None,
-                None,
-            );
-        }
+    if let Err(e) = req.read_body(body, app.config.max_body_bytes) {
+        let (status, code, msg) = match e {
+            BodyError::TooLarge { .. } => (413, "too_large", Msg::TooLarge),
+            BodyError::LengthRequired => (411, "length_required", Msg::BadRequest),
+            BodyError::Truncated => (400, "bad_request", Msg::BadRequest),
+        };
+        return pages::error(&ctx, status, code, text(l, msg), &[], None, None);
     }
     let fields = match form::parse_urlencoded(&req.body) {
         Ok(f) => f,

@@ -45,19 +45,7 @@ impl Site {
     fn build(extra_top: &str, mail: Option<&str>, extra_sections: &str) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let var = dir.path().join("var");
-        for d in [
-            "config",
-            "lock",
-            "tmp/captcha",
-            "tmp/ratelimit",
-            "state/tokens",
-            "spool/new",
-            "spool/failed",
-            "spool/sent",
-            "mail-out",
-        ] {
-            std::fs::create_dir_all(var.join(d)).expect("mkdir");
-        }
+        make_var_dirs(&var);
         // Generous limits by default; a test that sets a key itself replaces the default.
         let defaults: String = ["captcha_max_get = 1000", "contact_max_post = 1000"]
             .iter()
@@ -124,7 +112,7 @@ impl Site {
             .env("FORMWARDEN_ROOT", self.root())
             .stdin(Stdio::null())
             .output()
-            .expect("run tokens")
+            .expect("run operator command")
     }
 
     /// Fetches a CAPTCHA for `addr` and returns (challenge id, answer).
@@ -149,6 +137,23 @@ impl Site {
         )
         .acquire(key)
         .expect("hold lock")
+    }
+}
+
+/// The folders of a runtime tree the tests use (the executables create missing ones too).
+pub fn make_var_dirs(var: &Path) {
+    for d in [
+        "config",
+        "lock",
+        "tmp/captcha",
+        "tmp/ratelimit",
+        "state/tokens",
+        "spool/new",
+        "spool/failed",
+        "spool/sent",
+        "mail-out",
+    ] {
+        std::fs::create_dir_all(var.join(d)).expect("mkdir");
     }
 }
 
