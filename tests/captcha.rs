@@ -173,3 +173,51 @@ fn hostile_ids_are_refused_without_touching_paths() {
         "{after:?}"
     );
 }
+
+#[test]
+fn a_sweep_removes_expired_challenges_stale_windows_and_their_lock_files() {
+    let site = Site::with(
+        "captcha_lifetime_seconds = 1\nrate_limit_window_seconds = 1",
+        "",
+    );
+    for _ in 0..3 {
+        site.challenge("192.0.2.10");
+    }
+    let (id, answer) = site.challenge("192.0.2.11");
+    assert!(site.ls("lock").iter().any(|f| f.starts_with("captcha_")));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // A challenge that is still being answered is not touched (fresh one, new window).
+    let (live_id, live_answer) = site.challenge("192.0.2.12");
+    let out = site.tokens_cli(&["sweep"]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("challenges: 4") && report.contains("windows: 2"),
+        "{report}"
+    );
+    let challenges: Vec<_> = site
+        .ls("tmp/captcha")
+        .into_iter()
+        .filter(|f| f.ends_with(".toml"))
+        .collect();
+    assert_eq!(challenges, vec![format!("{live_id}.toml")]);
+    let locks = site.ls("lock");
+    assert!(
+        !locks
+            .iter()
+            .any(|f| f.starts_with(&format!("captcha_{id}"))),
+        "{locks:?}"
+    );
+    assert_eq!(
+        locks.iter().filter(|f| f.starts_with("captcha_")).count(),
+        1,
+        "{locks:?}"
+    );
+    // The swept challenge is simply unknown now; the live one still works.
+    assert_eq!(post(&site, &id, &answer).status, 403);
+    assert!(accepted(&post(&site, &live_id, &live_answer)));
+}
