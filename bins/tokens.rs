@@ -1,7 +1,10 @@
-//! `tokens`: token rotation. Under a web server (CGI) it is the verify/rotate endpoint;
-//! from a shell or cron it is the operator's command line.
+//! `tokens`: token rotation. Under a web server (CGI, or FastCGI when started with a
+//! listening socket on fd 0) it is the verify/rotate endpoint; from a shell or cron it is
+//! the operator's command line.
 fn main() {
-    if std::env::var_os("GATEWAY_INTERFACE").is_some() {
+    let web =
+        std::env::var_os("GATEWAY_INTERFACE").is_some() || formwarden::fastcgi::stdin_is_listener();
+    if web {
         std::process::exit(formwarden::run::cgi_main(
             "tokens",
             formwarden::endpoint::tokens,
