@@ -345,3 +345,32 @@ fn a_full_disk_refuses_cleanly_and_says_not_received() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(site.ls("mail-out").len(), 1);
 }
+
+#[test]
+fn a_cgi_that_read_its_body_does_not_wait_for_the_end_of_stdin() {
+    // Regression: the drain of unread bodies once waited for more input after a POST
+    // whose body had been read in full, hanging under servers that keep stdin open.
+    let site = Site::new();
+    let (id, answer) = site.challenge("192.0.2.10");
+    let req = site
+        .cgi("contact", "POST")
+        .captcha_cookie(&id)
+        .form(&good_form(&answer));
+    let (mut child, stdin) = req.spawn_keeping_stdin();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(stdin);
+    let _ = child.kill();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the executable kept waiting on stdin"
+    );
+}

@@ -28,6 +28,20 @@ pub fn init_logging(program: &str) {
 /// The most of an unread request body drained after the answer (see `cgi_main`).
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 
+/// A reader that counts the bytes it passed on.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// An endpoint: request in, response out.
 pub type Handler = fn(Request, &mut dyn Read) -> Response;
 
@@ -49,7 +63,10 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     }
     let req = Request::from_process_env();
     let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    let mut input = Counting {
+        inner: stdin.lock(),
+        read: 0,
+    };
     let announced = req
         .var("CONTENT_LENGTH")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -62,10 +79,10 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     // server finish sending it: Apache's CGI module resets the connection, cutting our
     // answer short, when the script exits with the body unread. The rest is read and
     // dropped, bounded so that a huge upload cannot keep the process busy.
-    let _ = std::io::copy(
-        &mut input.by_ref().take(announced.min(DRAIN_LIMIT)),
-        &mut std::io::sink(),
-    );
+    // Only what the handler left unread is drained: a server that keeps stdin open after
+    // the body must not make us wait for an end that never comes.
+    let unread = announced.saturating_sub(input.read).min(DRAIN_LIMIT);
+    let _ = std::io::copy(&mut input.by_ref().take(unread), &mut std::io::sink());
     // A client that went away closes the pipe; there is nobody left to tell, so that is
     // not an error worth a non-zero exit.
     match written {

@@ -263,6 +263,22 @@ impl Cgi {
         child
     }
 
+    /// Starts the process, writes the body and keeps stdin open, as a web server may that
+    /// does not close a CGI's input after the body. The caller holds the returned stdin.
+    pub fn spawn_keeping_stdin(&self) -> (Child, std::process::ChildStdin) {
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .envs(&self.vars)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn executable");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&self.body).expect("write body");
+        (child, stdin)
+    }
+
     /// Runs the request to completion.
     pub fn run(&self) -> Answer {
         let t = Instant::now();
