@@ -4,24 +4,6 @@
 
 use crate::util::*;
 
-fn stored_count(site: &Site, addr: &str, field: &str) -> u64 {
-    let key = formwarden::net::client_key(SALT, addr.parse().ok());
-    let text = std::fs::read_to_string(site.var(&format!("tmp/ratelimit/{key}.toml")))
-        .expect("window file");
-    let v: toml::Table = toml::from_str(&text).expect("valid window");
-    v[field].as_integer().expect("count") as u64
-}
-
-fn tally(answers: &[Answer]) -> (usize, usize, usize) {
-    let ok = answers.iter().filter(|a| a.status == 200).count();
-    let limited = answers.iter().filter(|a| a.status == 429).count();
-    let timeouts = answers
-        .iter()
-        .filter(|a| a.status == 503 && a.text().contains("Lock-Timeout"))
-        .count();
-    (ok, limited, timeouts)
-}
-
 #[test]
 fn sixty_four_processes_on_one_key_admit_exactly_the_limit() {
     let site = Site::with("captcha_max_get = 40", "");
@@ -45,7 +27,8 @@ fn sixty_four_processes_on_one_key_admit_exactly_the_limit() {
         "admitted exactly what the limit allows"
     );
     assert_eq!(
-        stored_count(&site, "203.0.113.5", "captcha_get") as usize,
+        site.stored_count("203.0.113.5", "captcha_get")
+            .expect("window file") as usize,
         ok,
         "stored counter equals admitted requests"
     );
@@ -81,7 +64,8 @@ fn distinct_keys_do_not_interfere() {
     assert_eq!((ok, limited, timeouts), (48, 0, 0));
     for i in 0..48 {
         assert_eq!(
-            stored_count(&site, &format!("198.51.100.{i}"), "captcha_get"),
+            site.stored_count(&format!("198.51.100.{i}"), "captcha_get")
+                .expect("window file"),
             1
         );
     }
@@ -113,7 +97,11 @@ fn concurrent_contact_posts_count_exactly_and_spool_each_admitted_message_once()
     );
     assert_eq!(accepted + limited + timeouts, 24);
     assert_eq!(accepted, 10.min(24 - timeouts));
-    assert_eq!(stored_count(&site, addr, "contact_post") as usize, accepted);
+    assert_eq!(
+        site.stored_count(addr, "contact_post")
+            .expect("window file") as usize,
+        accepted
+    );
     let delivered = site.ls("spool/new").len() + site.ls("mail-out").len();
     assert_eq!(
         delivered, accepted,

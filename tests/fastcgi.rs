@@ -20,14 +20,6 @@ fn client_key(addr: &str) -> String {
     formwarden::net::client_key(SALT, addr.parse().ok())
 }
 
-fn stored_count(site: &Site, addr: &str, field: &str) -> Option<u64> {
-    let text =
-        std::fs::read_to_string(site.var(&format!("tmp/ratelimit/{}.toml", client_key(addr))))
-            .ok()?;
-    let v: toml::Table = toml::from_str(&text).expect("valid window");
-    v[field].as_integer().map(|n| n as u64)
-}
-
 fn challenges(site: &Site) -> usize {
     site.ls("tmp/captcha")
         .iter()
@@ -170,19 +162,13 @@ fn each_request_brings_its_own_environment() {
         200
     );
 
-    assert_eq!(
-        stored_count(&site_b, "198.51.100.1", "captcha_get"),
-        Some(1)
-    );
-    assert_eq!(stored_count(&site_a, "198.51.100.1", "captcha_get"), None);
-    assert_eq!(
-        stored_count(&site_a, "198.51.100.2", "captcha_get"),
-        Some(1)
-    );
-    assert_eq!(stored_count(&site_b, "198.51.100.2", "captcha_get"), None);
+    assert_eq!(site_b.stored_count("198.51.100.1", "captcha_get"), Some(1));
+    assert_eq!(site_a.stored_count("198.51.100.1", "captcha_get"), None);
+    assert_eq!(site_a.stored_count("198.51.100.2", "captcha_get"), Some(1));
+    assert_eq!(site_b.stored_count("198.51.100.2", "captcha_get"), None);
     for site in [&site_a, &site_b] {
         assert_eq!(
-            stored_count(site, leaked_addr, "captcha_get"),
+            site.stored_count(leaked_addr, "captcha_get"),
             None,
             "the process's REMOTE_ADDR must never be a request's client"
         );
@@ -210,7 +196,7 @@ fn each_request_brings_its_own_environment() {
     }
     for site in [&site_a, &site_b] {
         for addr in addrs {
-            assert_eq!(stored_count(site, addr, "captcha_get"), Some(6));
+            assert_eq!(site.stored_count(addr, "captcha_get"), Some(6));
         }
     }
     assert!(responder.alive());
@@ -286,12 +272,7 @@ fn fastcgi_threads_fastcgi_children_and_cgi_processes_share_one_limit() {
         .collect();
     answers.extend(collect(children));
 
-    let ok = answers.iter().filter(|a| a.status == 200).count();
-    let limited = answers.iter().filter(|a| a.status == 429).count();
-    let timeouts = answers
-        .iter()
-        .filter(|a| a.status == 503 && a.text().contains("Lock-Timeout"))
-        .count();
+    let (ok, limited, timeouts) = tally(&answers);
     eprintln!(
         "one key, {n_threaded} FastCGI requests on one responder's threads + {n_forked} on 2 \
          forked responders + {n_cgi} CGI processes: {ok} admitted, {limited} limited, \
@@ -308,7 +289,7 @@ fn fastcgi_threads_fastcgi_children_and_cgi_processes_share_one_limit() {
         "admitted exactly what the limit allows"
     );
     assert_eq!(
-        stored_count(&site, addr, "captcha_get"),
+        site.stored_count(addr, "captcha_get"),
         Some(ok as u64),
         "stored counter equals admitted requests"
     );

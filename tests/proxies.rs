@@ -42,7 +42,7 @@ fn a_trusted_proxy_passes_the_rightmost_untrusted_hop() {
     assert_eq!(get(&site, "127.0.0.1", "203.0.113.2"), 200);
     // A client that prepends a fake hop is still itself: the right-most untrusted hop.
     assert_eq!(get(&site, "127.0.0.1", "6.6.6.6, 203.0.113.1"), 429);
-    // Trusted hops in the chain are skipped.
+    // Trusted hops in the chain are passed over.
     assert_eq!(get(&site, "127.0.0.1", "203.0.113.2, 10.1.2.3"), 429);
     assert!(
         !window_exists(&site, "127.0.0.1"),

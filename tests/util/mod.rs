@@ -115,6 +115,15 @@ impl Site {
             .expect("run operator command")
     }
 
+    /// The stored rate-limit counter `field` (`captcha_get`, `contact_post`) of client
+    /// `addr`, or `None` when that client has no window.
+    pub fn stored_count(&self, addr: &str, field: &str) -> Option<u64> {
+        let key = formwarden::net::client_key(SALT, addr.parse().ok());
+        let text = std::fs::read_to_string(self.var(&format!("tmp/ratelimit/{key}.toml"))).ok()?;
+        let v: toml::Table = toml::from_str(&text).expect("valid window");
+        v[field].as_integer().map(|n| n as u64)
+    }
+
     /// Fetches a CAPTCHA for `addr` and returns (challenge id, answer).
     pub fn challenge(&self, addr: &str) -> (String, String) {
         let a = self.cgi("captcha", "GET").remote_addr(addr).run();
@@ -246,8 +255,8 @@ impl Cgi {
         self.body("application/x-www-form-urlencoded", enc.as_bytes())
     }
 
-    /// Starts the process without waiting (for concurrency tests).
-    pub fn spawn(&self) -> Child {
+    /// Starts the process with a piped stdin and writes the body into it.
+    fn start(&self) -> (Child, std::process::ChildStdin) {
         let mut child = Command::new(&self.bin)
             .env_clear()
             .envs(&self.vars)
@@ -259,24 +268,19 @@ impl Cgi {
         let mut stdin = child.stdin.take().expect("stdin");
         // A process may answer (413, 405) without reading its body; a broken pipe is fine.
         let _ = stdin.write_all(&self.body);
-        drop(stdin);
-        child
+        (child, stdin)
+    }
+
+    /// Starts the process without waiting (for concurrency tests); stdin is closed after
+    /// the body, as web servers do.
+    pub fn spawn(&self) -> Child {
+        self.start().0
     }
 
     /// Starts the process, writes the body and keeps stdin open, as a web server may that
     /// does not close a CGI's input after the body. The caller holds the returned stdin.
     pub fn spawn_keeping_stdin(&self) -> (Child, std::process::ChildStdin) {
-        let mut child = Command::new(&self.bin)
-            .env_clear()
-            .envs(&self.vars)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn executable");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(&self.body).expect("write body");
-        (child, stdin)
+        self.start()
     }
 
     /// Runs the request to completion.
@@ -360,6 +364,17 @@ impl Answer {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// Counts admitted (200), limited (429) and lock-timed-out (503 naming the lock) answers.
+pub fn tally(answers: &[Answer]) -> (usize, usize, usize) {
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let limited = answers.iter().filter(|a| a.status == 429).count();
+    let timeouts = answers
+        .iter()
+        .filter(|a| a.status == 503 && a.text().contains("Lock-Timeout"))
+        .count();
+    (ok, limited, timeouts)
 }
 
 /// Waits for many children and parses their answers.
