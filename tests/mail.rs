@@ -583,3 +583,21 @@ fn the_preview_creates_a_fresh_config_with_a_random_salt() {
         "the created config is valid"
     );
 }
+
+#[test]
+fn delivered_messages_are_archived_in_a_bounded_sent_folder_when_configured() {
+    // A relative mail folder is resolved under the runtime root.
+    let site = Site::with_mail(
+        "",
+        "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\nkeep_sent = 2\n[mail.file]\ndir = \"var/mail-out\"\n",
+    );
+    for _ in 0..3 {
+        assert_eq!(post_good(&site).status, 200);
+    }
+    assert!(site.ls("spool/new").is_empty());
+    assert_eq!(
+        site.ls("spool/sent").len(),
+        2,
+        "only the newest two are kept"
+    );
+}
