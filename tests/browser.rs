@@ -12,7 +12,7 @@
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules` (scripts/test.sh
 //! installs all three through scripts/install-test-deps.sh); a missing one fails the test
-//! with a message saying so rather than skipping it.
+//! with a message that says how to install it.
 
 use crate::util::servers::{Nginx, Server};
 use crate::util::{self, Site};
