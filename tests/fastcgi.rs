@@ -32,9 +32,7 @@ fn challenges(site: &Site) -> usize {
 fn captcha_then_contact(captcha: &Endpoint, contact: &Endpoint) {
     let site = Site::new();
     let addr = "198.51.100.20";
-    let a = FcgiRequest::new(site.root(), "captcha", "GET")
-        .remote_addr(addr)
-        .run(captcha);
+    let a = site.cgi("captcha", "GET").remote_addr(addr).run_on(captcha);
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.header("content-type"), Some("image/png"));
     assert_eq!(a.header("cache-control"), Some("no-store"));
@@ -49,13 +47,14 @@ fn captcha_then_contact(captcha: &Endpoint, contact: &Endpoint) {
         .expect("answer")
         .to_string();
 
-    let form = FcgiRequest::new(site.root(), "contact", "GET").run(contact);
+    let form = site.cgi("contact", "GET").run_on(contact);
     assert_eq!(form.status, 200);
     assert!(form.text().contains("<form"), "the contact form");
 
     // The POST and its replay share one kept-open connection, as nginx with
     // `fastcgi_keep_conn on` would send them.
-    let post = FcgiRequest::new(site.root(), "contact", "POST")
+    let post = site
+        .cgi("contact", "POST")
         .remote_addr(addr)
         .captcha_cookie(&id)
         .form(&good_form(&answer));
@@ -115,17 +114,18 @@ fn tokens_verify_and_rotate_over_fastcgi() {
     // alone must make `tokens` a web endpoint instead of its command line.
     let r = Spawn::unix("tokens").start();
     let verify = |t: &str| {
-        FcgiRequest::new(site.root(), "tokens", "GET")
+        site.cgi("tokens", "GET")
             .query("profile=deploy")
             .header("authorization", &format!("Bearer {t}"))
-            .run(&r.endpoint)
+            .run_on(&r.endpoint)
     };
     assert_eq!(verify(&token).status, 204);
     assert_ne!(verify("not-a-token").status, 204);
-    let rotate = FcgiRequest::new(site.root(), "tokens", "POST")
+    let rotate = site
+        .cgi("tokens", "POST")
         .query("action=rotate&profile=deploy")
         .header("authorization", &format!("Bearer {admin}"))
-        .run(&r.endpoint);
+        .run_on(&r.endpoint);
     assert_eq!(rotate.status, 200, "{}", rotate.text());
     // The previous token stays valid for its grace period.
     assert_eq!(verify(&token).status, 204);
@@ -146,7 +146,7 @@ fn each_request_brings_its_own_environment() {
 
     // Three requests on one kept-open connection, to two sites.
     let mut conn = ep.connect().expect("connect");
-    let to_b = FcgiRequest::new(site_b.root(), "captcha", "GET").remote_addr("198.51.100.1");
+    let to_b = site_b.cgi("captcha", "GET").remote_addr("198.51.100.1");
     let a = to_b.send(&mut conn, 1, true).expect("first");
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(
@@ -154,9 +154,9 @@ fn each_request_brings_its_own_environment() {
         Some("image/png"),
         "the process's HTTP_ACCEPT must not make this a JSON request"
     );
-    let to_a = FcgiRequest::new(site_a.root(), "captcha", "GET").remote_addr("198.51.100.2");
+    let to_a = site_a.cgi("captcha", "GET").remote_addr("198.51.100.2");
     assert_eq!(to_a.send(&mut conn, 2, true).expect("second").status, 200);
-    let no_addr = FcgiRequest::new(site_b.root(), "captcha", "GET").unset("REMOTE_ADDR");
+    let no_addr = site_b.cgi("captcha", "GET").unset("REMOTE_ADDR");
     assert_eq!(
         no_addr.send(&mut conn, 3, false).expect("third").status,
         200
@@ -184,9 +184,9 @@ fn each_request_brings_its_own_environment() {
         .map(|i| {
             let (ep, root, addr) = (ep.clone(), roots[i % 2].clone(), addrs[(i / 2) % 2]);
             thread::spawn(move || {
-                FcgiRequest::new(&root, "captcha", "GET")
+                Cgi::new(&root, "captcha", "GET")
                     .remote_addr(addr)
-                    .run(&ep)
+                    .run_on(&ep)
                     .status
             })
         })
@@ -209,8 +209,8 @@ fn a_request_inside_the_responder_waits_on_a_real_flock() {
     let addr = "192.0.2.10";
     let key = LockKey::ratelimit(&client_key(addr));
     let held = site.hold_lock(&key);
-    let req = FcgiRequest::new(site.root(), "captcha", "GET").remote_addr(addr);
-    let a = req.run(&responder.endpoint);
+    let req = site.cgi("captcha", "GET").remote_addr(addr);
+    let a = req.run_on(&responder.endpoint);
     assert_eq!(a.status, 503, "{}", a.text());
     assert_eq!(a.header("retry-after"), Some("1"));
     let expected = format!("Lock-Timeout nach 300ms: {}", key.as_str());
@@ -231,7 +231,7 @@ fn a_request_inside_the_responder_waits_on_a_real_flock() {
     );
     assert_eq!(challenges(&site), 0, "no challenge while refused");
     drop(held);
-    assert_eq!(req.run(&responder.endpoint).status, 200);
+    assert_eq!(req.run_on(&responder.endpoint).status, 200);
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn fastcgi_threads_fastcgi_children_and_cgi_processes_share_one_limit() {
         } else {
             forked.endpoint.clone()
         };
-        let req = FcgiRequest::new(site.root(), "captcha", "GET").remote_addr(addr);
+        let req = site.cgi("captcha", "GET").remote_addr(addr);
         let start = Arc::clone(&start);
         threads.push(thread::spawn(move || {
             // Connect only when all go: a web server sends its request right after
@@ -305,7 +305,7 @@ fn fastcgi_threads_fastcgi_children_and_cgi_processes_share_one_limit() {
 
 /// After each hostile exchange the responder is still alive and answers a normal request.
 fn still_serves(r: &mut Responder, site: &Site, what: &str) {
-    let a = FcgiRequest::new(site.root(), "captcha", "GET").run(&r.endpoint);
+    let a = site.cgi("captcha", "GET").run_on(&r.endpoint);
     assert_eq!(a.status, 200, "after {what}: {}", a.text());
     assert!(r.alive(), "the responder died after {what}");
 }
@@ -323,7 +323,7 @@ fn refused(ep: &Endpoint, bytes: &[u8], what: &str) {
 fn hostile_exchanges(r: &mut Responder) {
     let site = Site::new();
     let ep = r.endpoint.clone();
-    let good = FcgiRequest::new(site.root(), "captcha", "GET");
+    let good = site.cgi("captcha", "GET");
 
     refused(
         &ep,
@@ -433,7 +433,7 @@ fn hostile_exchanges(r: &mut Responder) {
 
     // PARAMS beyond 64 KiB get a 400, not a dead process.
     let big = good.clone().header("x-padding", &"p".repeat(70 * 1024));
-    assert_eq!(big.run(&ep).status, 400);
+    assert_eq!(big.run_on(&ep).status, 400);
     still_serves(r, &site, "oversized PARAMS");
 
     // More silent connections than the responder serves at once: a real request still
@@ -472,9 +472,10 @@ fn throughput_over_a_unix_socket_is_reported() {
     let threads: Vec<_> = (0..workers)
         .map(|w| {
             let ep = responder.endpoint.clone();
-            let req = FcgiRequest::new(site.root(), "captcha", "GET")
+            let req = site
+                .cgi("captcha", "GET")
                 .remote_addr(&format!("198.51.100.{}", 100 + w));
-            thread::spawn(move || (0..each).filter(|_| req.run(&ep).status == 200).count())
+            thread::spawn(move || (0..each).filter(|_| req.run_on(&ep).status == 200).count())
         })
         .collect();
     let ok: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();

@@ -3,12 +3,11 @@
 //! executables the way nginx does: BEGIN_REQUEST, PARAMS, STDIN, then it collects STDOUT
 //! (and STDERR) up to END_REQUEST and parses the CGI answer with the harness' `Answer`.
 
-use crate::util::Answer;
-use std::collections::BTreeMap;
+use crate::util::{Answer, Cgi};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const BEGIN_REQUEST: u8 = 1;
@@ -221,93 +220,42 @@ pub fn parse_pairs(mut b: &[u8]) -> Vec<(String, String)> {
     out
 }
 
-/// One FastCGI request to build and send, with the variables nginx's `fastcgi_params`
-/// would pass (the same defaults as the harness' `Cgi`).
-#[derive(Debug, Clone)]
-pub struct FcgiRequest {
-    pub vars: BTreeMap<String, String>,
-    pub body: Vec<u8>,
+/// Sending a harness request over FastCGI instead of running it as a CGI process: the
+/// same builder, the same variables, a different transport.
+pub trait FastCgi {
+    /// The records of this request as request `id`.
+    fn encode(&self, id: u16, keep_conn: bool) -> Vec<u8>;
+    /// Sends this request on `conn` and reads its answer.
+    fn send(&self, conn: &mut Conn, id: u16, keep_conn: bool) -> io::Result<Answer>;
+    /// Sends this request on a new connection (no keep-conn, as nginx does by default).
+    fn run_on(&self, ep: &Endpoint) -> Answer;
 }
 
-impl FcgiRequest {
-    /// A request to script `bin` of the site at `root`.
-    pub fn new(root: &Path, bin: &str, method: &str) -> FcgiRequest {
-        let mut vars = BTreeMap::new();
+impl FastCgi for Cgi {
+    // PARAMS go in records of at most 1000 bytes, so names and values straddle record
+    // boundaries as they may with real servers.
+    fn encode(&self, id: u16, keep_conn: bool) -> Vec<u8> {
+        // nginx's fastcgi_params always send these, empty when the request has none.
+        let mut vars = self.vars().clone();
         for (k, v) in [
-            ("GATEWAY_INTERFACE", "CGI/1.1"),
-            ("SERVER_PROTOCOL", "HTTP/1.1"),
-            ("SERVER_SOFTWARE", "formwarden-test-client"),
-            ("SERVER_NAME", "localhost"),
-            ("SERVER_PORT", "80"),
-            ("REMOTE_ADDR", "192.0.2.10"),
-            ("QUERY_STRING", ""),
-            ("CONTENT_TYPE", ""),
-            ("CONTENT_LENGTH", ""),
+            ("SERVER_SOFTWARE", "formwarden-test-client".to_string()),
+            ("CONTENT_TYPE", String::new()),
+            ("CONTENT_LENGTH", String::new()),
+            (
+                "REQUEST_URI",
+                vars.get("SCRIPT_NAME").cloned().unwrap_or_default(),
+            ),
         ] {
-            vars.insert(k.to_string(), v.to_string());
+            vars.entry(k.to_string()).or_insert(v);
         }
-        vars.insert("REQUEST_METHOD".into(), method.into());
-        vars.insert("SCRIPT_NAME".into(), format!("/cgi-bin/{bin}"));
-        vars.insert("REQUEST_URI".into(), format!("/cgi-bin/{bin}"));
-        vars.insert("FORMWARDEN_ROOT".into(), root.display().to_string());
-        FcgiRequest {
-            vars,
-            body: Vec::new(),
-        }
-    }
-
-    pub fn var(mut self, k: &str, v: &str) -> Self {
-        self.vars.insert(k.into(), v.into());
-        self
-    }
-
-    pub fn unset(mut self, k: &str) -> Self {
-        self.vars.remove(k);
-        self
-    }
-
-    pub fn remote_addr(self, a: &str) -> Self {
-        self.var("REMOTE_ADDR", a)
-    }
-
-    pub fn header(self, name: &str, v: &str) -> Self {
-        let k = format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"));
-        self.var(&k, v)
-    }
-
-    pub fn query(self, q: &str) -> Self {
-        self.var("QUERY_STRING", q)
-    }
-
-    pub fn captcha_cookie(self, id: &str) -> Self {
-        self.header("cookie", &format!("fw_captcha={id}"))
-    }
-
-    pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
-        self.body = body.to_vec();
-        self.vars.insert("CONTENT_TYPE".into(), content_type.into());
-        self.vars
-            .insert("CONTENT_LENGTH".into(), body.len().to_string());
-        self
-    }
-
-    pub fn form(self, fields: &[(&str, String)]) -> Self {
-        let enc = serde_urlencoded::to_string(fields).expect("encode");
-        self.body("application/x-www-form-urlencoded", enc.as_bytes())
-    }
-
-    /// The records of this request as request `id`. PARAMS go in records of at most 1000
-    /// bytes, so names and values straddle record boundaries as they may with real servers.
-    pub fn encode(&self, id: u16, keep_conn: bool) -> Vec<u8> {
         let mut out = begin(id, RESPONDER, keep_conn);
-        let block = pairs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let block = pairs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         out.extend(stream(PARAMS, id, &block, 1000));
-        out.extend(stream(STDIN, id, &self.body, 65535));
+        out.extend(stream(STDIN, id, self.body_bytes(), 65535));
         out
     }
 
-    /// Sends this request on `conn` and reads its answer.
-    pub fn send(&self, conn: &mut Conn, id: u16, keep_conn: bool) -> io::Result<Answer> {
+    fn send(&self, conn: &mut Conn, id: u16, keep_conn: bool) -> io::Result<Answer> {
         let t = Instant::now();
         conn.write_all(&self.encode(id, keep_conn))?;
         let reply = conn.read_reply(id)?;
@@ -320,8 +268,7 @@ impl FcgiRequest {
         ))
     }
 
-    /// Sends this request on a new connection (no keep-conn, as nginx does by default).
-    pub fn run(&self, ep: &Endpoint) -> Answer {
+    fn run_on(&self, ep: &Endpoint) -> Answer {
         let mut conn = ep.connect().expect("connect to the responder");
         self.send(&mut conn, 1, false).expect("FastCGI exchange")
     }

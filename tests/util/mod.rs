@@ -178,6 +178,7 @@ pub fn good_form(answer: &str) -> Vec<(&'static str, String)> {
 }
 
 /// One CGI request to build and run.
+#[derive(Clone)]
 pub struct Cgi {
     bin: PathBuf,
     vars: BTreeMap<String, String>,
@@ -185,7 +186,8 @@ pub struct Cgi {
 }
 
 impl Cgi {
-    fn new(root: &Path, bin: &str, method: &str) -> Cgi {
+    /// A request to executable `bin` of the site at `root` (`Site::cgi` is the usual way).
+    pub fn new(root: &Path, bin: &str, method: &str) -> Cgi {
         let mut vars = BTreeMap::new();
         for (k, v) in [
             ("GATEWAY_INTERFACE", "CGI/1.1"),
@@ -205,6 +207,16 @@ impl Cgi {
             vars,
             body: Vec::new(),
         }
+    }
+
+    /// The meta-variables as they will be sent.
+    pub fn vars(&self) -> &BTreeMap<String, String> {
+        &self.vars
+    }
+
+    /// The body as it will be sent.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 
     /// Sets a meta-variable.
