@@ -7,76 +7,93 @@ use crate::cgi::Request;
 use crate::state::now;
 use std::io::{BufRead, Write};
 
+/// Opens the runtime tree, runs `command` and turns its outcome into an exit code: `None`
+/// means the arguments did not fit (usage, 2), an error is printed once with the program's
+/// name (2). Both command lines share this, so they report problems the same way.
+fn run_cli(
+    program: &str,
+    usage: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    command: impl FnOnce(&App, u64, &mut dyn Write, &mut dyn Write) -> Option<crate::Result<i32>>,
+) -> i32 {
+    let app = match App::for_request(&Request::from_process_env()) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(err, "{program}: {e}");
+            return 2;
+        }
+    };
+    match command(&app, now(), out, err) {
+        None => {
+            let _ = writeln!(err, "{usage}");
+            2
+        }
+        Some(Ok(code)) => code,
+        Some(Err(e)) => {
+            let _ = writeln!(err, "{program}: {e}");
+            2
+        }
+    }
+}
+
 const TOKENS_USAGE: &str = "usage: tokens rotate PROFILE | revoke PROFILE ID|all | list PROFILE | verify PROFILE [TOKEN] | sweep
   The runtime root comes from FORMWARDEN_ROOT or is found next to the executable.
   verify reads the token from stdin when it is not given (keeps it out of `ps`).";
 
 /// Runs the `tokens` command line; returns the exit code.
 pub fn tokens_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let app = match App::for_request(&Request::from_process_env()) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "tokens: {e}");
-            return 2;
-        }
-    };
-    let t = now();
     let arg = |i: usize| args.get(i).map(String::as_str);
-    let result = match (arg(0), arg(1), arg(2)) {
-        (Some("rotate"), Some(p), None) => app.tokens.rotate(p, t).map(|i| {
-            let exp = if i.expires_at == 0 {
-                "never (until rotated away)".to_string()
-            } else {
-                i.expires_at.to_string()
-            };
-            let _ = writeln!(
-                out,
-                "{}\n# id {} rotation {} expires {} — shown once, store it now",
-                i.secret, i.id, i.rotation, exp
-            );
-            0
-        }),
-        (Some("revoke"), Some(p), Some(id)) => app.tokens.revoke(p, id, t).map(|n| {
-            let _ = writeln!(out, "revoked {n} token(s)");
-            if n == 0 { 1 } else { 0 }
-        }),
-        (Some("list"), Some(p), None) => app.tokens.list(p, t).map(|list| {
-            let _ = writeln!(out, "id\tcreated_at\texpires_at\tcurrent");
-            for i in list {
+    run_cli("tokens", TOKENS_USAGE, out, err, |app, t, out, _err| {
+        Some(match (arg(0), arg(1), arg(2)) {
+            (Some("rotate"), Some(p), None) => app.tokens.rotate(p, t).map(|i| {
+                let exp = if i.expires_at == 0 {
+                    "never (until rotated away)".to_string()
+                } else {
+                    i.expires_at.to_string()
+                };
                 let _ = writeln!(
                     out,
-                    "{}\t{}\t{}\t{}",
-                    i.id, i.created_at, i.expires_at, i.current
+                    "{}\n# id {} rotation {} expires {} — shown once, store it now",
+                    i.secret, i.id, i.rotation, exp
                 );
-            }
-            0
-        }),
-        (Some("verify"), Some(p), tok) => {
-            let token = match tok {
-                Some(t) => t.to_string(),
-                None => {
-                    let mut line = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut line);
-                    line.trim().to_string()
+                0
+            }),
+            (Some("revoke"), Some(p), Some(id)) => app.tokens.revoke(p, id, t).map(|n| {
+                let _ = writeln!(out, "revoked {n} token(s)");
+                if n == 0 { 1 } else { 0 }
+            }),
+            (Some("list"), Some(p), None) => app.tokens.list(p, t).map(|list| {
+                let _ = writeln!(out, "id\tcreated_at\texpires_at\tcurrent");
+                for i in list {
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        i.id, i.created_at, i.expires_at, i.current
+                    );
                 }
-            };
-            app.tokens.verify(p, &token, t).map(|ok| {
-                let _ = writeln!(out, "{}", if ok { "valid" } else { "invalid" });
-                if ok { 0 } else { 1 }
-            })
-        }
-        (Some("sweep"), None, None) => crate::sweep::run(&app, t).map(|s| {
-            let _ = writeln!(out, "{s:?}");
-            0
-        }),
-        _ => {
-            let _ = writeln!(err, "{TOKENS_USAGE}");
-            return 2;
-        }
-    };
-    result.unwrap_or_else(|e| {
-        let _ = writeln!(err, "tokens: {e}");
-        2
+                0
+            }),
+            (Some("verify"), Some(p), tok) => {
+                let token = match tok {
+                    Some(t) => t.to_string(),
+                    None => {
+                        let mut line = String::new();
+                        let _ = std::io::stdin().lock().read_line(&mut line);
+                        line.trim().to_string()
+                    }
+                };
+                app.tokens.verify(p, &token, t).map(|ok| {
+                    let _ = writeln!(out, "{}", if ok { "valid" } else { "invalid" });
+                    if ok { 0 } else { 1 }
+                })
+            }
+            (Some("sweep"), None, None) => crate::sweep::run(app, t).map(|s| {
+                let _ = writeln!(out, "{s:?}");
+                0
+            }),
+            _ => return None,
+        })
     })
 }
 
@@ -90,14 +107,6 @@ const SPOOL_USAGE: &str = "usage: spool retry | list [new|failed|sent] | show ID
 /// undelivered, so cron can mail the operator).
 pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     use crate::spool::Folder;
-    let app = match App::for_request(&Request::from_process_env()) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = writeln!(err, "spool: {e}");
-            return 2;
-        }
-    };
-    let t = now();
     let arg = |i: usize| args.get(i).map(String::as_str);
     let folder = |name: Option<&str>| match name.unwrap_or("new") {
         "new" => Some(Folder::New),
@@ -105,70 +114,55 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
         "sent" => Some(Folder::Sent),
         _ => None,
     };
-    let result = match (arg(0), arg(1)) {
-        (Some("retry"), None) => crate::delivery::retry(&app, t).map(|r| {
-            let _ = writeln!(
-                out,
-                "delivered {} deferred {} failed {} busy {} waiting {}",
-                r.delivered, r.deferred, r.failed, r.busy, r.waiting
-            );
-            if r.deferred + r.failed > 0 { 1 } else { 0 }
-        }),
-        (Some("list"), f) => match folder(f) {
-            None => {
-                let _ = writeln!(err, "{SPOOL_USAGE}");
-                return 2;
-            }
-            Some(f) => app.spool.ids(f).and_then(|ids| {
-                let _ = writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error");
-                for id in ids {
-                    match app.spool.load(f, &id, t)? {
-                        Some(Ok(m)) => {
-                            let _ = writeln!(
-                                out,
-                                "{}\t{}\t{}\t{}",
-                                m.id, m.attempts, m.next_attempt_at, m.last_error
-                            );
-                        }
-                        Some(Err(reason)) => {
-                            let _ = writeln!(out, "{id}\t?\t?\tunreadable: {reason}");
-                        }
-                        None => {}
-                    }
-                }
-                Ok(0)
+    run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
+        Some(match (arg(0), arg(1)) {
+            (Some("retry"), None) => crate::delivery::retry(app, t).map(|r| {
+                let _ = writeln!(
+                    out,
+                    "delivered {} deferred {} failed {} busy {} waiting {}",
+                    r.delivered, r.deferred, r.failed, r.busy, r.waiting
+                );
+                if r.deferred + r.failed > 0 { 1 } else { 0 }
             }),
-        },
-        (Some("show"), Some(id)) if crate::spool::is_valid_id(id) => {
-            let found = [Folder::New, Folder::Failed, Folder::Sent]
-                .into_iter()
-                .map(|f| app.spool.path(f, id))
-                .find(|p| p.exists());
-            match found
-                .map(|p| std::fs::read_to_string(&p).map_err(|e| crate::Error::io("read", &p, e)))
-            {
-                Some(Ok(text)) => {
-                    let _ = write!(out, "{text}");
+            (Some("list"), f) => {
+                let f = folder(f)?;
+                app.spool.ids(f).and_then(|ids| {
+                    let _ = writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error");
+                    for id in ids {
+                        match app.spool.load(f, &id, t)? {
+                            Some(Ok(m)) => {
+                                let _ = writeln!(
+                                    out,
+                                    "{}\t{}\t{}\t{}",
+                                    m.id, m.attempts, m.next_attempt_at, m.last_error
+                                );
+                            }
+                            Some(Err(reason)) => {
+                                let _ = writeln!(out, "{id}\t?\t?\tunreadable: {reason}");
+                            }
+                            None => {}
+                        }
+                    }
                     Ok(0)
-                }
-                Some(Err(e)) => Err(e),
-                None => {
-                    let _ = writeln!(err, "spool: no message {id}");
-                    Ok(1)
-                }
+                })
             }
-        }
-        (Some("requeue"), Some(id)) => crate::delivery::requeue(&app, id, t).map(|n| {
-            let _ = writeln!(out, "requeued {n} message(s)");
-            if n == 0 { 1 } else { 0 }
-        }),
-        _ => {
-            let _ = writeln!(err, "{SPOOL_USAGE}");
-            return 2;
-        }
-    };
-    result.unwrap_or_else(|e| {
-        let _ = writeln!(err, "spool: {e}");
-        2
+            (Some("show"), Some(id)) if crate::spool::is_valid_id(id) => {
+                app.spool.find_text(id).map(|found| match found {
+                    Some(text) => {
+                        let _ = write!(out, "{text}");
+                        0
+                    }
+                    None => {
+                        let _ = writeln!(err, "spool: no message {id}");
+                        1
+                    }
+                })
+            }
+            (Some("requeue"), Some(id)) => crate::delivery::requeue(app, id, t).map(|n| {
+                let _ = writeln!(out, "requeued {n} message(s)");
+                if n == 0 { 1 } else { 0 }
+            }),
+            _ => return None,
+        })
     })
 }

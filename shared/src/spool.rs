@@ -167,6 +167,23 @@ impl Spool {
         })
     }
 
+    /// A message as stored, from whichever folder holds it, for the operator to read.
+    /// `None` when no folder has it (or the id is not one we create).
+    pub fn find_text(&self, id: &str) -> Result<Option<String>> {
+        if !is_valid_id(id) {
+            return Ok(None);
+        }
+        for f in [Folder::New, Folder::Failed, Folder::Sent] {
+            let path = self.path(f, id);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => return Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("read", &path, e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Rewrites a message in place (attempt counters).
     pub fn update(&self, f: Folder, msg: &Message) -> Result<()> {
         state::write(&self.path(f, &msg.id), msg)
