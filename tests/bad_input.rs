@@ -211,11 +211,7 @@ fn an_unwritable_runtime_tree_refuses_cleanly_and_says_not_received() {
     // same way a read-only mount does, also for root, which ignores permission bits.
     std::fs::remove_dir(site.var("spool/new")).expect("rmdir");
     std::fs::write(site.var("spool/new"), b"").expect("block");
-    let a = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer))
-        .run();
+    let a = site.contact_post(&id, &answer).run();
     assert_controlled(&a, 500);
     assert!(a.text().contains("NOT received"), "{}", a.text());
     assert!(
@@ -317,11 +313,7 @@ fn a_full_disk_refuses_cleanly_and_says_not_received() {
         let block = vec![0u8; 4096];
         while f.write_all(&block).is_ok() {}
     }
-    let a = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer))
-        .run();
+    let a = site.contact_post(&id, &answer).run();
     assert_controlled(&a, 503);
     assert!(a.header("retry-after").is_some());
     assert!(a.text().contains("NOT received"), "{}", a.text());
@@ -337,11 +329,7 @@ fn a_full_disk_refuses_cleanly_and_says_not_received() {
     // With space again, the same visitor gets through with a fresh challenge.
     std::fs::remove_file(&fill).expect("free space");
     let (id, answer) = site.challenge("192.0.2.10");
-    let a = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer))
-        .run();
+    let a = site.contact_post(&id, &answer).run();
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(site.ls("mail-out").len(), 1);
 }
@@ -352,10 +340,7 @@ fn a_cgi_that_read_its_body_does_not_wait_for_the_end_of_stdin() {
     // whose body had been read in full, hanging under servers that keep stdin open.
     let site = Site::new();
     let (id, answer) = site.challenge("192.0.2.10");
-    let req = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer));
+    let req = site.contact_post(&id, &answer);
     let (mut child, stdin) = req.spawn_keeping_stdin();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let status = loop {

@@ -4,10 +4,7 @@
 use crate::util::*;
 
 fn post(site: &Site, id: &str, answer: &str) -> Answer {
-    site.cgi("contact", "POST")
-        .captcha_cookie(id)
-        .form(&good_form(answer))
-        .run()
+    site.contact_post(id, answer).run()
 }
 
 fn accepted(a: &Answer) -> bool {
@@ -92,10 +89,7 @@ fn a_solved_challenge_cannot_be_replayed() {
 fn the_same_answer_posted_twice_at_once_passes_once() {
     let site = Site::new();
     let (id, answer) = site.challenge("192.0.2.10");
-    let req = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer));
+    let req = site.contact_post(&id, &answer);
     let answers = collect((0..12).map(|_| req.spawn()).collect());
     assert_eq!(answers.iter().filter(|a| accepted(a)).count(), 1);
     assert_eq!(answers.iter().filter(|a| a.status == 403).count(), 11);

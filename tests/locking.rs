@@ -59,10 +59,7 @@ fn captcha_get_takes_the_ratelimit_key() {
 fn contact_post_takes_the_ratelimit_key_then_the_captcha_key() {
     let site = Site::new();
     let (id, answer) = site.challenge("192.0.2.10");
-    let post = site
-        .cgi("contact", "POST")
-        .captcha_cookie(&id)
-        .form(&good_form(&answer));
+    let post = site.contact_post(&id, &answer);
 
     let rl = LockKey::ratelimit(&client_key("192.0.2.10"));
     let held = site.hold_lock(&rl);

@@ -136,6 +136,13 @@ impl Site {
         (id, answer)
     }
 
+    /// The honest contact POST for challenge `id` solved with `answer` (`good_form`).
+    pub fn contact_post(&self, id: &str, answer: &str) -> Cgi {
+        self.cgi("contact", "POST")
+            .captcha_cookie(id)
+            .form(&good_form(answer))
+    }
+
     /// Holds lock `key` from this test process, the way another request would, by the
     /// library's one lock runner.
     pub fn hold_lock(&self, key: &formwarden::lock::LockKey) -> formwarden::lock::LockGuard {
