@@ -38,9 +38,7 @@ impl App {
     /// folders exist.
     pub fn open(layout: Layout) -> Result<App> {
         let config = Config::load(&layout.config_file())?;
-        for dir in layout.state_dirs() {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
-        }
+        layout.create_state_dirs()?;
         let locks = LockRunner::new(layout.lock_dir(), config.lock_wait, config.lock_poll);
         let limiter = RateLimiter::new(
             layout.ratelimit_dir(),

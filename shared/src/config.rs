@@ -172,7 +172,7 @@ struct Raw {
     tokens: Option<RawTokens>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMail {
     from: Option<String>,
@@ -188,19 +188,19 @@ struct RawMail {
     smtp: Option<RawSmtp>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     dir: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSendmail {
     command: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSmtp {
     host: Option<String>,
@@ -213,14 +213,14 @@ struct RawSmtp {
     hello_name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTokens {
     admin_profile: Option<String>,
     profiles: Option<BTreeMap<String, RawProfile>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
     lifetime_seconds: Option<i64>,
@@ -234,6 +234,29 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// One of a fixed set of words, or an error naming the key and the allowed words.
+    fn choice<T: Copy>(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        default: &str,
+        options: &[(&str, T)],
+    ) -> Result<T> {
+        let v = v.unwrap_or(default);
+        options
+            .iter()
+            .find(|(word, _)| *word == v)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+                Error::config(
+                    self.path,
+                    key,
+                    format!("`{v}` is not one of {}", words.join(", ")),
+                )
+            })
+    }
+
     fn int(&self, key: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64> {
         let v = v.unwrap_or(default);
         if v < min || v > max {
@@ -336,18 +359,16 @@ impl Config {
             ));
         }
 
-        let language = match raw.language.as_deref().unwrap_or("auto") {
-            "auto" => Language::Auto,
-            "en" => Language::En,
-            "de" => Language::De,
-            other => {
-                return Err(Error::config(
-                    path,
-                    "language",
-                    format!("`{other}` is not one of auto, en, de"),
-                ));
-            }
-        };
+        let language = c.choice(
+            "language",
+            raw.language.as_deref(),
+            "auto",
+            &[
+                ("auto", Language::Auto),
+                ("en", Language::En),
+                ("de", Language::De),
+            ],
+        )?;
         let trusted_proxies = ProxyList::parse(&raw.trusted_proxies.unwrap_or_default())
             .map_err(|m| Error::config(path, "trusted_proxies", m))?;
         let lock_wait =
@@ -404,19 +425,7 @@ impl Config {
 
 fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
     let path = c.path;
-    let raw = raw.unwrap_or(RawMail {
-        from: None,
-        to: None,
-        subject_prefix: None,
-        transport: None,
-        keep_sent: None,
-        max_attempts: None,
-        max_age_hours: None,
-        retry_backoff_seconds: None,
-        file: None,
-        sendmail: None,
-        smtp: None,
-    });
+    let raw = raw.unwrap_or_default();
     let from = c.text(
         "mail.from",
         raw.from,
@@ -471,18 +480,16 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
                     "is required for SMTP",
                 ));
             }
-            let security = match s.security.as_deref().unwrap_or("starttls") {
-                "starttls" => SmtpSecurity::StartTls,
-                "tls" => SmtpSecurity::Tls,
-                "plain" => SmtpSecurity::Plain,
-                other => {
-                    return Err(Error::config(
-                        path,
-                        "mail.smtp.security",
-                        format!("`{other}` is not one of starttls, tls, plain"),
-                    ));
-                }
-            };
+            let security = c.choice(
+                "mail.smtp.security",
+                s.security.as_deref(),
+                "starttls",
+                &[
+                    ("starttls", SmtpSecurity::StartTls),
+                    ("tls", SmtpSecurity::Tls),
+                    ("plain", SmtpSecurity::Plain),
+                ],
+            )?;
             if security == SmtpSecurity::Plain && !crate::net::is_loopback_host(&host) {
                 return Err(Error::config(
                     path,
@@ -554,10 +561,7 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
 }
 
 fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig> {
-    let raw = raw.unwrap_or(RawTokens {
-        admin_profile: None,
-        profiles: None,
-    });
+    let raw = raw.unwrap_or_default();
     let mut profiles = BTreeMap::new();
     for (name, p) in raw.profiles.unwrap_or_default() {
         let key = format!("tokens.profiles.{name}");

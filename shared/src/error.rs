@@ -58,13 +58,6 @@ pub enum Error {
     },
     /// The CAPTCHA image could not be rendered.
     Render(String),
-    /// Mail could not be built or handed to the transport.
-    Mail {
-        /// What went wrong.
-        message: String,
-        /// True when retrying cannot help (the server refused for good).
-        permanent: bool,
-    },
 }
 
 /// The library's result type.
@@ -104,19 +97,12 @@ impl Error {
                         | std::io::ErrorKind::WouldBlock
                 ) || matches!(
                     source.raw_os_error(),
-                    Some(libc_codes::ENOSPC | libc_codes::EDQUOT | libc_codes::EAGAIN)
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EAGAIN)
                 )
             }
             _ => false,
         }
     }
-}
-
-/// The few errno values we classify; spelled out here so that we need no libc crate.
-mod libc_codes {
-    pub const EAGAIN: i32 = 11;
-    pub const ENOSPC: i32 = 28;
-    pub const EDQUOT: i32 = 122;
 }
 
 impl fmt::Display for Error {
@@ -139,7 +125,6 @@ impl fmt::Display for Error {
             Error::InvalidInput { what, detail } => write!(f, "invalid {what}: {detail}"),
             Error::NotFound { what, name } => write!(f, "unknown {what}: {name}"),
             Error::Render(m) => write!(f, "CAPTCHA image: {m}"),
-            Error::Mail { message, .. } => write!(f, "mail: {message}"),
         }
     }
 }

@@ -83,6 +83,15 @@ impl Layout {
     pub fn spool_dir(&self) -> PathBuf {
         self.var().join("spool")
     }
+    /// Creates every folder the runtime writes to (cheap when they exist).
+    pub fn create_state_dirs(&self) -> crate::Result<()> {
+        for dir in self.state_dirs() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| crate::Error::io("create folder", &dir, e))?;
+        }
+        Ok(())
+    }
+
     /// Every folder the runtime writes to, in creation order.
     pub fn state_dirs(&self) -> Vec<PathBuf> {
         vec![

@@ -11,11 +11,8 @@ use std::path::Path;
 /// config was created.
 pub fn ensure_runtime(root: &Path) -> Result<bool> {
     let layout = Layout::new(root);
-    for dir in layout
-        .state_dirs()
-        .into_iter()
-        .chain([layout.config_dir(), layout.var().join("mail-out")])
-    {
+    layout.create_state_dirs()?;
+    for dir in [layout.config_dir(), layout.var().join("mail-out")] {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
     }
     let config = layout.config_file();

@@ -143,11 +143,7 @@ impl Spool {
             last_error: String::new(),
             requeued_at: 0,
         };
-        let text = toml::to_string(&msg).map_err(|e| Error::Mail {
-            message: e.to_string(),
-            permanent: true,
-        })?;
-        atomic::create_new(&self.path(Folder::New, &msg.id), text.as_bytes())?;
+        state::create(&self.path(Folder::New, &msg.id), &msg)?;
         tracing::info!(id = %msg.id, "message spooled");
         Ok(msg)
     }

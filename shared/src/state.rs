@@ -92,6 +92,11 @@ fn to_text<T: Serialize>(path: &Path, value: &T) -> Result<String> {
     })
 }
 
+/// Serializes `value` into a new file at `path`, durably, failing if the file exists.
+pub fn create<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    atomic::create_new(path, to_text(path, value)?.as_bytes())
+}
+
 /// Serializes `value` and writes it atomically and durably to `path`.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_with(path, value, Durability::Durable)
