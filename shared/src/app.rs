@@ -79,8 +79,14 @@ impl App {
     /// Finds the runtime root for this request (its `FORMWARDEN_ROOT`, else next to the
     /// executable) and opens it.
     pub fn for_request(req: &Request) -> Result<App> {
-        let exe = std::env::current_exe().ok();
-        let layout = Layout::discover(req.var(ROOT_ENV), exe.as_deref()).ok_or_else(|| Error::ConfigMissing {
+        let env_root = req.var(ROOT_ENV).filter(|r| !r.is_empty());
+        // Looking up our own path is a syscall per request; only needed without the variable.
+        let exe = if env_root.is_some() {
+            None
+        } else {
+            std::env::current_exe().ok()
+        };
+        let layout = Layout::discover(env_root, exe.as_deref()).ok_or_else(|| Error::ConfigMissing {
             path: std::path::PathBuf::from(format!(
                 "var/config/config.toml (no {ROOT_ENV} set and no var/config/ found next to the executable)"
             )),
