@@ -16,10 +16,6 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn client_key(addr: &str) -> String {
-    formwarden::net::client_key(SALT, addr.parse().ok())
-}
-
 fn challenges(site: &Site) -> usize {
     site.ls("tmp/captcha")
         .iter()
@@ -211,19 +207,7 @@ fn a_request_inside_the_responder_waits_on_a_real_flock() {
     let held = site.hold_lock(&key);
     let req = site.cgi("captcha", "GET").remote_addr(addr);
     let a = req.run_on(&responder.endpoint);
-    assert_eq!(a.status, 503, "{}", a.text());
-    assert_eq!(a.header("retry-after"), Some("1"));
-    let expected = format!("Lock-Timeout nach 300ms: {}", key.as_str());
-    assert!(
-        a.text().contains(&expected),
-        "body names the key: {}",
-        a.text()
-    );
-    assert!(
-        a.elapsed >= Duration::from_millis(300) && a.elapsed < Duration::from_secs(5),
-        "waited the bound, no more: {:?}",
-        a.elapsed
-    );
+    let expected = assert_lock_timeout(&a, &key);
     assert!(
         responder.log().contains(&expected),
         "the responder logs the key to its stderr: {}",

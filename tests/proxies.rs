@@ -5,7 +5,7 @@
 use crate::util::*;
 
 fn window_exists(site: &Site, addr: &str) -> bool {
-    let key = formwarden::net::client_key(SALT, addr.parse().ok());
+    let key = client_key(addr);
     site.var(&format!("tmp/ratelimit/{key}.toml")).exists()
 }
 

@@ -13,6 +13,37 @@ use std::time::{Duration, Instant};
 /// A salt that passes validation; tests that check privacy search for addresses, not it.
 pub const SALT: &str = "t3stS4lt-0123456789abcdefghijklmnopqrstuvwxyz";
 
+/// The hashed client key the executables derive from `addr` with the test salt.
+pub fn client_key(addr: &str) -> String {
+    formwarden::net::client_key(SALT, addr.parse().ok())
+}
+
+/// Checks a lock-timeout answer: 503, `Retry-After: 1`, the seed's message naming `key` in
+/// the body, and an answer after the 300 ms bound but without hanging. Returns the message
+/// so the caller can look for it in the log it has (process stderr, responder log).
+pub fn assert_lock_timeout(a: &Answer, key: &formwarden::lock::LockKey) -> String {
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.header("retry-after"), Some("1"));
+    let expected = format!("Lock-Timeout nach 300ms: {}", key.as_str());
+    assert!(
+        a.text().contains(&expected),
+        "body must name the key: {}",
+        a.text()
+    );
+    // The bound is 300 ms: not an instant refusal, and no hang either.
+    assert!(
+        a.elapsed >= Duration::from_millis(300),
+        "answered too early: {:?}",
+        a.elapsed
+    );
+    assert!(
+        a.elapsed < Duration::from_secs(5),
+        "took too long: {:?}",
+        a.elapsed
+    );
+    expected
+}
+
 /// Path of one of the real executables.
 pub fn exe(name: &str) -> PathBuf {
     match name {
@@ -118,7 +149,7 @@ impl Site {
     /// The stored rate-limit counter `field` (`captcha_get`, `contact_post`) of client
     /// `addr`, or `None` when that client has no window.
     pub fn stored_count(&self, addr: &str, field: &str) -> Option<u64> {
-        let key = formwarden::net::client_key(SALT, addr.parse().ok());
+        let key = client_key(addr);
         let text = std::fs::read_to_string(self.var(&format!("tmp/ratelimit/{key}.toml"))).ok()?;
         let v: toml::Table = toml::from_str(&text).expect("valid window");
         v[field].as_integer().map(|n| n as u64)
