@@ -304,10 +304,7 @@ on_servers!(lock_timeout_is_503:
 fn lock_timeout_is_503(kind: Kind) {
     let site = Site::new();
     let server = Server::start(kind, &site);
-    let key = formwarden::lock::LockKey::ratelimit(&formwarden::net::client_key(
-        SALT,
-        "127.0.0.1".parse().ok(),
-    ));
+    let key = formwarden::lock::LockKey::ratelimit(&client_key("127.0.0.1"));
     let held = site.hold_lock(&key);
     // The test created the lock file as root; the server's account must open it too.
     share_var(&site);
