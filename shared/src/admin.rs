@@ -3,7 +3,6 @@
 //! are 0 (ok), 1 (a verify that failed) and 2 (usage or runtime error).
 
 use crate::app::App;
-use crate::cgi::Request;
 use crate::state::now;
 use std::io::{BufRead, Write};
 
@@ -17,7 +16,7 @@ fn run_cli(
     err: &mut dyn Write,
     command: impl FnOnce(&App, u64, &mut dyn Write, &mut dyn Write) -> Option<crate::Result<i32>>,
 ) -> i32 {
-    let app = match App::for_request(&Request::from_process_env()) {
+    let app = match App::discover() {
         Ok(a) => a,
         Err(e) => {
             let _ = writeln!(err, "{program}: {e}");

@@ -13,6 +13,23 @@ use crate::lock::LockRunner;
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::spool::Spool;
 use crate::tokens::TokenService;
+use std::sync::OnceLock;
+
+/// The runtime root of this process, found on first use and then fixed: a FastCGI
+/// responder serves every request from the root it was started for.
+fn process_layout() -> &'static Option<Layout> {
+    static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let env_root = std::env::var(ROOT_ENV).ok().filter(|r| !r.is_empty());
+        // Looking up our own path is a syscall; only needed without the variable.
+        let exe = if env_root.is_some() {
+            None
+        } else {
+            std::env::current_exe().ok()
+        };
+        Layout::discover(env_root.as_deref(), exe.as_deref())
+    })
+}
 
 /// Everything an endpoint needs.
 #[derive(Debug, Clone)]
@@ -76,17 +93,14 @@ impl App {
         })
     }
 
-    /// Finds the runtime root for this request (its `FORMWARDEN_ROOT`, else next to the
-    /// executable) and opens it.
-    pub fn for_request(req: &Request) -> Result<App> {
-        let env_root = req.var(ROOT_ENV).filter(|r| !r.is_empty());
-        // Looking up our own path is a syscall per request; only needed without the variable.
-        let exe = if env_root.is_some() {
-            None
-        } else {
-            std::env::current_exe().ok()
-        };
-        let layout = Layout::discover(env_root, exe.as_deref()).ok_or_else(|| Error::ConfigMissing {
+    /// Finds this process's runtime root and opens it. The root comes from the process's
+    /// own start: its `FORMWARDEN_ROOT` environment variable, else the nearest folder
+    /// above the executable that holds `var/config/`. It is looked up once and fixed for
+    /// the life of the process. A request can never choose it: under CGI the web server
+    /// builds the process environment from its own config, and under FastCGI the request
+    /// parameters (which any peer of the socket writes) are never consulted.
+    pub fn discover() -> Result<App> {
+        let layout = process_layout().clone().ok_or_else(|| Error::ConfigMissing {
             path: std::path::PathBuf::from(format!(
                 "var/config/config.toml (no {ROOT_ENV} set and no var/config/ found next to the executable)"
             )),

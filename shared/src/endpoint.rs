@@ -96,7 +96,7 @@ fn rate_limited(ctx: &PageCtx, retry_after: u64, form: Option<&Fields>) -> Respo
 
 /// `GET captcha`: a new challenge as PNG (id in a cookie) or, for scripts, as JSON.
 pub fn captcha(req: Request, _body: &mut dyn Read) -> Response {
-    let app = App::for_request(&req);
+    let app = App::discover();
     let ctx = ctx_for(&req, app.as_ref().ok(), "captcha");
     if req.method() != "GET" {
         return method_not_allowed(&ctx, "GET");
@@ -173,7 +173,7 @@ fn test_hook_answer(resp: Response, _answer: &str) -> Response {
 
 /// `GET contact` shows the form; `POST contact` takes a message.
 pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
-    let app = App::for_request(&req);
+    let app = App::discover();
     let ctx = ctx_for(&req, app.as_ref().ok(), "contact");
     let method = req.method();
     if method == "GET" {
@@ -379,7 +379,7 @@ fn token_error(req: &Request, e: &Error) -> Response {
 /// for a web server's auth sub-request. `POST ?action=rotate&profile=P` rotates P when the
 /// bearer token is valid for the admin profile, and shows the new token once.
 pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
-    let app = match App::for_request(&req) {
+    let app = match App::discover() {
         Ok(a) => a,
         Err(e) => return token_error(&req, &e),
     };

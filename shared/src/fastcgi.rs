@@ -7,7 +7,8 @@
 //! handler plain CGI calls.
 //!
 //! It must never read a request's environment from the process environment (each request
-//! brings its own variables, `FORMWARDEN_ROOT` included), never let one connection's input
+//! brings its own CGI variables; the runtime root alone is the process's, fixed at start by
+//! `app::App::discover` and never taken from a request), never let one connection's input
 //! end the process (every length is checked before it is trusted, every read and write is
 //! bounded in time, malformed input just closes that connection), and never share state
 //! between requests that the lock runner relies on: a request takes its locks through files

@@ -7,7 +7,7 @@ use crate::util::exe;
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,21 +31,23 @@ pub struct Responder {
 }
 
 impl Spawn {
-    /// A responder for executable `bin` on a unix socket, one process.
-    pub fn unix(bin: &str) -> Spawn {
+    /// A responder for executable `bin` serving the runtime tree at `root`, on a unix
+    /// socket, one process. The root is part of the responder's start (its environment),
+    /// as in a deployment: requests cannot choose it.
+    pub fn unix(bin: &str, root: &Path) -> Spawn {
         Spawn {
             bin: bin.to_string(),
             tcp: false,
             children: 1,
-            env: Vec::new(),
+            env: vec![("FORMWARDEN_ROOT".into(), root.display().to_string())],
         }
     }
 
     /// The same on 127.0.0.1 and a free port.
-    pub fn tcp(bin: &str) -> Spawn {
+    pub fn tcp(bin: &str, root: &Path) -> Spawn {
         Spawn {
             tcp: true,
-            ..Spawn::unix(bin)
+            ..Spawn::unix(bin, root)
         }
     }
 

@@ -125,6 +125,24 @@ impl Site {
         v
     }
 
+    /// Every file under `var/`, as paths relative to it, sorted: a snapshot to compare.
+    pub fn tree(&self) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if let Ok(rel) = p.strip_prefix(base) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.var(""), &self.var(""), &mut out);
+        out.sort();
+        out
+    }
+
     /// A request to executable `bin` with `method`.
     pub fn cgi(&self, bin: &str, method: &str) -> Cgi {
         Cgi::new(self.root(), bin, method)
