@@ -320,13 +320,13 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
         b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n",
         "HTTP instead of FastCGI",
     );
-    still_serves(r, &site, "garbage");
+    still_serves(r, site, "garbage");
     let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
     refused(&ep, &noise, "random bytes");
-    still_serves(r, &site, "random bytes");
+    still_serves(r, site, "random bytes");
 
     refused(&ep, &[1, BEGIN_REQUEST, 0], "a truncated header");
-    still_serves(r, &site, "a truncated header");
+    still_serves(r, site, "a truncated header");
 
     let mut huge = begin(1, RESPONDER, false);
     huge.extend_from_slice(&[1, PARAMS, 0, 1, 0xff, 0xff, 0xff, 0]);
@@ -336,14 +336,14 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
         &huge,
         "a record announcing 65535 + 255 bytes and sending 100",
     );
-    still_serves(r, &site, "a huge content length");
+    still_serves(r, site, "a huge content length");
 
     let mut lying = begin(1, RESPONDER, false);
     lying.extend(record(PARAMS, 1, &[0xff, 0xff, 0xff, 0xff, 1, b'A', b'b']));
     lying.extend(record(PARAMS, 1, &[]));
     lying.extend(record(STDIN, 1, &[]));
     refused(&ep, &lying, "a name length of 2^31 - 1");
-    still_serves(r, &site, "a name length beyond its record");
+    still_serves(r, site, "a name length beyond its record");
 
     // Closed mid-PARAMS, with and without closing our side first.
     let encoded = good.encode(1, false);
@@ -352,7 +352,7 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
         c.write_all(&encoded[..cut]).expect("send");
         drop(c);
     }
-    still_serves(r, &site, "connections closed mid-PARAMS");
+    still_serves(r, site, "connections closed mid-PARAMS");
 
     // Closed before reading the answer: the responder's write fails, nothing else.
     for _ in 0..8 {
@@ -360,7 +360,7 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
         c.write_all(&encoded).expect("send");
         drop(c);
     }
-    still_serves(r, &site, "connections closed before the answer");
+    still_serves(r, site, "connections closed before the answer");
 
     // The Authorizer role is refused with UNKNOWN_ROLE, and the connection closes.
     let mut c = ep.connect().expect("connect");
@@ -369,7 +369,7 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
     assert_eq!(reply.protocol_status, UNKNOWN_ROLE);
     assert!(reply.stdout.is_empty());
     assert!(c.drain().1, "closed after the refusal");
-    still_serves(r, &site, "an AUTHORIZER request");
+    still_serves(r, site, "an AUTHORIZER request");
 
     // FCGI_GET_VALUES and an unknown management record, then a request on the same
     // connection.
@@ -424,20 +424,20 @@ fn hostile_exchanges(r: &mut Responder, site: &Site) {
     // PARAMS beyond 64 KiB get a 400, not a dead process.
     let big = good.clone().header("x-padding", &"p".repeat(70 * 1024));
     assert_eq!(big.run_on(&ep).status, 400);
-    still_serves(r, &site, "oversized PARAMS");
+    still_serves(r, site, "oversized PARAMS");
 
     // More silent connections than the responder serves at once: a real request still
     // gets through, because connections that wait without a request make room.
     let silent: Vec<_> = (0..40).map(|_| ep.connect().expect("connect")).collect();
     let t = Instant::now();
-    still_serves(r, &site, "40 silent connections");
+    still_serves(r, site, "40 silent connections");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "silent connections must not pin the responder: {:?}",
         t.elapsed()
     );
     drop(silent);
-    still_serves(r, &site, "the silent connections closing");
+    still_serves(r, site, "the silent connections closing");
 }
 
 #[test]
