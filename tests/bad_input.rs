@@ -267,40 +267,11 @@ fn pages_follow_the_browser_language_and_operator_templates() {
     );
 }
 
-/// A small tmpfs mounted over a folder for one test, unmounted on drop. Mounting needs
-/// root, which the suite has (it installs its servers with apt-get as well).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_cleanly_and_says_not_received() {
     let site = Site::new();
     let config = std::fs::read(site.var("config/config.toml")).expect("config");
-    let _fs = Tmpfs::mount(&site.var(""), "256k");
+    let _fs = crate::util::Tmpfs::mount(&site.var(""), "256k");
     make_var_dirs(&site.var(""));
     std::fs::write(site.var("config/config.toml"), &config).expect("config");
     let (id, answer) = site.challenge("192.0.2.10");

@@ -99,7 +99,7 @@ fn the_same_answer_posted_twice_at_once_passes_once() {
 fn an_expired_challenge_is_refused() {
     let site = Site::with("captcha_lifetime_seconds = 1", "");
     let (id, answer) = site.challenge("192.0.2.10");
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    site.advance_clock(2);
     let a = post(&site, &id, &answer);
     assert_eq!(a.status, 403);
     assert!(a.text().contains("expired"), "{}", a.text());
@@ -179,7 +179,7 @@ fn a_sweep_removes_expired_challenges_stale_windows_and_their_lock_files() {
     }
     let (id, answer) = site.challenge("192.0.2.11");
     assert!(site.ls("lock").iter().any(|f| f.starts_with("captcha_")));
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    site.advance_clock(10);
     // A challenge that is still being answered is not touched (fresh one, new window).
     let (live_id, live_answer) = site.challenge("192.0.2.12");
     let out = site.tokens_cli(&["sweep"]);

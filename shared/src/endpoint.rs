@@ -31,7 +31,13 @@ fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
     };
     // Links back to the form keep the page's language.
     let contact_url = format!("{contact}?lang={}", lang.code());
+    let error_title = if own == "captcha" {
+        Msg::UnavailableTitle
+    } else {
+        Msg::ErrorTitle
+    };
     PageCtx {
+        error_title,
         lang,
         site_name: app.map_or_else(|| "formwarden".to_string(), |a| a.config.site_name.clone()),
         contact_url,
@@ -41,31 +47,80 @@ fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
     }
 }
 
+/// What the visitor was doing when an error struck; it decides the wording, so an image
+/// request is never told about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doing {
+    /// Fetching the security image (or its JSON).
+    Image,
+    /// Looking at the form.
+    Form,
+    /// Sending a message: the answer must say it was NOT received.
+    Message,
+}
+
+/// A short random reference that ties a visitor's error page to the one operator log line
+/// that holds the detail.
+fn reference() -> String {
+    crate::random::bytes::<5>()
+        .map(|b| crate::random::hex(&b))
+        .unwrap_or_else(|_| format!("t{}", now()))
+}
+
 /// Maps a library error to an answer, logging it once for the operator.
-pub fn error_response(ctx: &PageCtx, e: &Error, form: Option<&Fields>, saving: bool) -> Response {
-    if e.is_temporary() {
+///
+/// A visitor's page or JSON never contains a file path, an operating-system error text or
+/// a config value, whatever the error: the detail goes to the log once, with a short
+/// reference that the page shows too. The one exception is the lock-timeout text of the
+/// locking contract (`Lock-Timeout nach 300ms: {key}`), which names only a normalized key.
+pub fn error_response(ctx: &PageCtx, e: &Error, form: Option<&Fields>, doing: Doing) -> Response {
+    let l = ctx.lang;
+    let temporary = e.is_temporary();
+    let detail = if let Error::LockTimeout { .. } = e {
         tracing::warn!(error = %e, "temporarily unavailable");
+        e.to_string()
+    } else {
+        let reference = reference();
+        if temporary {
+            tracing::warn!(reference, error = %e, "temporarily unavailable");
+        } else {
+            tracing::error!(reference, error = %e, "request failed");
+        }
+        format!("{}: {reference}", text(l, Msg::Reference))
+    };
+    let msg = match (doing, temporary) {
+        (Doing::Message, _) => Msg::NotReceived,
+        (Doing::Image, true) => Msg::ImageBusy,
+        (Doing::Image, false) => Msg::ImageFailed,
+        (Doing::Form, true) => Msg::Busy,
+        (Doing::Form, false) => Msg::ServerError,
+    };
+    if temporary {
         let retry = if matches!(e, Error::LockTimeout { .. }) {
             1
         } else {
             60
         };
-        let msg = if saving {
-            text(ctx.lang, Msg::NotReceived)
-        } else {
-            text(ctx.lang, Msg::Busy)
-        };
-        let detail = e.to_string();
-        return pages::error(ctx, 503, "unavailable", msg, &[], form, Some(&detail))
-            .header("Retry-After", retry.to_string());
+        return pages::error(
+            ctx,
+            503,
+            "unavailable",
+            text(l, msg),
+            &[],
+            form,
+            Some(&detail),
+        )
+        .header("Retry-After", retry.to_string());
     }
-    tracing::error!(error = %e, "request failed");
-    let msg = if saving {
-        text(ctx.lang, Msg::NotReceived)
-    } else {
-        text(ctx.lang, Msg::ServerError)
-    };
-    pages::error(ctx, 500, "server_error", msg, &[], form, None)
+    pages::error(
+        ctx,
+        500,
+        "server_error",
+        text(l, msg),
+        &[],
+        form,
+        Some(&detail),
+    )
 }
 
 fn method_not_allowed(ctx: &PageCtx, allow: &str) -> Response {
@@ -103,7 +158,7 @@ pub fn captcha(req: Request, _body: &mut dyn Read) -> Response {
     }
     let app = match app {
         Ok(a) => a,
-        Err(e) => return error_response(&ctx, &e, None, false),
+        Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
     let t = now();
     match app
@@ -112,19 +167,19 @@ pub fn captcha(req: Request, _body: &mut dyn Read) -> Response {
     {
         Ok(Verdict::Admitted { .. }) => {}
         Ok(Verdict::Limited { retry_after }) => return rate_limited(&ctx, retry_after, None),
-        Err(e) => return error_response(&ctx, &e, None, false),
+        Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     }
     crate::sweep::maybe_run(&app, t);
     let challenge = match app.captcha.create(t) {
         Ok(c) => c,
-        Err(e) => return error_response(&ctx, &e, None, false),
+        Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
     let png = match crate::random::bytes::<32>().and_then(|seed| {
         crate::captcha_image::render_png(&challenge.answer, seed)
             .map_err(|e| Error::Render(e.to_string()))
     }) {
         Ok(p) => p,
-        Err(e) => return error_response(&ctx, &e, None, false),
+        Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
     let lifetime = challenge.expires_at.saturating_sub(t);
     let mut cookie = format!(
@@ -179,7 +234,7 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
     if method == "GET" {
         return match app {
             Ok(_) => Response::html(200, pages::form_html(&ctx, &[], &[], &Fields::new())),
-            Err(e) => error_response(&ctx, &e, None, false),
+            Err(e) => error_response(&ctx, &e, None, Doing::Form),
         };
     }
     if method != "POST" {
@@ -187,7 +242,7 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
     }
     let app = match app {
         Ok(a) => a,
-        Err(e) => return error_response(&ctx, &e, None, true),
+        Err(e) => return error_response(&ctx, &e, None, Doing::Message),
     };
     let l = ctx.lang;
     if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
@@ -274,7 +329,7 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
         Ok(Verdict::Limited { retry_after }) => {
             return rate_limited(&ctx, retry_after, Some(&refill));
         }
-        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
     }
     let challenge_id = fields
         .get("captcha_id")
@@ -291,12 +346,12 @@ pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
             };
             return pages::error(&ctx, 403, code, text(l, msg), &[], Some(&refill), None);
         }
-        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
     }
     let domain = crate::mail::domain_of(&app.config.mail.from);
     let msg = match app.spool.save(&contact, t, &domain) {
         Ok(m) => m,
-        Err(e) => return error_response(&ctx, &e, Some(&refill), true),
+        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
     };
     let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
     success(&ctx, &msg.id, delivered)
@@ -357,20 +412,35 @@ fn json_or_text(req: &Request, status: u16, code: &str, message: &str) -> Respon
 
 fn token_error(req: &Request, e: &Error) -> Response {
     match e {
+        // Both name only what the caller sent (a profile name), never a path.
         Error::InvalidInput { .. } => json_or_text(req, 400, "bad_request", &e.to_string()),
         Error::NotFound { .. } => json_or_text(req, 404, "not_found", &e.to_string()),
-        e if e.is_temporary() => {
+        Error::LockTimeout { .. } => {
             tracing::warn!(error = %e, "token endpoint unavailable");
             json_or_text(req, 503, "unavailable", &e.to_string()).header("Retry-After", "1")
         }
         e => {
-            tracing::error!(error = %e, "token endpoint failed");
-            json_or_text(
-                req,
-                500,
-                "server_error",
-                "server configuration problem; see the server log",
-            )
+            let reference = reference();
+            if e.is_temporary() {
+                tracing::warn!(reference, error = %e, "token endpoint unavailable");
+                json_or_text(
+                    req,
+                    503,
+                    "unavailable",
+                    &format!("temporarily unavailable; reference {reference}"),
+                )
+                .header("Retry-After", "60")
+            } else {
+                tracing::error!(reference, error = %e, "token endpoint failed");
+                json_or_text(
+                    req,
+                    500,
+                    "server_error",
+                    &format!(
+                        "server problem; the server log has the reason under reference {reference}"
+                    ),
+                )
+            }
         }
     }
 }
@@ -438,5 +508,134 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
             "bad_request",
             "unknown action (verify or rotate)",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    /// One error of every class the library has, each carrying a path, an OS error text and
+    /// a config value that a visitor must never see.
+    fn every_error() -> Vec<Error> {
+        let path = Path::new("/srv/secret-root/var/tmp/ratelimit/.tmp-DYbJZj");
+        vec![
+            Error::ConfigMissing {
+                path: path.to_path_buf(),
+            },
+            Error::config(path, "mail.smtp.password", "`hunter2-value` is not allowed"),
+            Error::io(
+                "write",
+                path,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ),
+            Error::io(
+                "rename onto",
+                path,
+                std::io::Error::from_raw_os_error(libc::EACCES),
+            ),
+            Error::Random(format!("getrandom failed at {}", path.display())),
+            Error::Render(format!("font at {} unreadable", path.display())),
+            Error::InvalidInput {
+                what: "spool id",
+                detail: format!("{} is not an id", path.display()),
+            },
+            Error::NotFound {
+                what: "message",
+                name: path.display().to_string(),
+            },
+        ]
+    }
+
+    fn request(json: bool) -> Request {
+        let mut vars = HashMap::new();
+        vars.insert("REQUEST_METHOD".to_string(), "GET".to_string());
+        vars.insert("SCRIPT_NAME".to_string(), "/cgi-bin/captcha".to_string());
+        if json {
+            vars.insert("HTTP_ACCEPT".to_string(), "application/json".to_string());
+        }
+        Request::new(vars)
+    }
+
+    /// Issue 7, item 2: no error class shows a path, an OS error text or a config value,
+    /// in HTML or in JSON, on any endpoint; each shows a reference instead.
+    #[test]
+    fn no_error_answer_shows_a_path_an_os_error_or_a_config_value() {
+        for json in [false, true] {
+            for (own, doing) in [
+                ("captcha", Doing::Image),
+                ("contact", Doing::Form),
+                ("contact", Doing::Message),
+            ] {
+                let req = request(json);
+                let ctx = ctx_for(&req, None, own);
+                for e in every_error() {
+                    let resp = error_response(&ctx, &e, None, doing);
+                    let body = String::from_utf8_lossy(&resp.body).into_owned();
+                    for secret in [
+                        "/srv/secret-root",
+                        "secret-root",
+                        ".tmp-",
+                        "os error",
+                        "No space",
+                        "Permission denied",
+                        "hunter2",
+                        "mail.smtp",
+                    ] {
+                        assert!(
+                            !body.contains(secret),
+                            "{own}/{doing:?}/json={json}: {e} leaked {secret:?}: {body}"
+                        );
+                    }
+                    assert!(
+                        body.contains("Reference for the site owner: "),
+                        "{own}/{doing:?}: a reference ties the page to the log: {body}"
+                    );
+                    if doing == Doing::Image {
+                        assert!(
+                            !body.to_lowercase().contains("your message")
+                                && !body.to_lowercase().contains("received"),
+                            "an image request is not told about a message: {body}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lock_timeout_keeps_the_contract_text() {
+        let req = request(false);
+        let ctx = ctx_for(&req, None, "captcha");
+        let e = Error::LockTimeout {
+            key: "ratelimit_abc".into(),
+            waited_ms: 300,
+        };
+        let resp = error_response(&ctx, &e, None, Doing::Image);
+        assert_eq!(resp.status, 503);
+        let body = String::from_utf8_lossy(&resp.body).into_owned();
+        assert!(
+            body.contains("Lock-Timeout nach 300ms: ratelimit_abc"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn token_errors_show_no_path_either() {
+        let req = request(true);
+        for e in every_error() {
+            let resp = token_error(&req, &e);
+            let body = String::from_utf8_lossy(&resp.body).into_owned();
+            if matches!(e, Error::InvalidInput { .. } | Error::NotFound { .. }) {
+                // These echo what the caller itself sent, which here is a path-like name.
+                continue;
+            }
+            for secret in ["secret-root", "os error", "hunter2", "mail.smtp"] {
+                assert!(!body.contains(secret), "{e} leaked {secret:?}: {body}");
+            }
+            assert!(body.contains("reference "), "{body}");
+        }
     }
 }

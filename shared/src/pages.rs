@@ -91,8 +91,16 @@ pub enum Msg {
     RateLimited,
     /// Busy, try again.
     Busy,
-    /// Misconfiguration.
+    /// Broken installation or server fault (the form endpoint).
     ServerError,
+    /// Heading of an error page that is not about a message (the image endpoint).
+    UnavailableTitle,
+    /// The security image cannot be made right now (temporary).
+    ImageBusy,
+    /// The security image cannot be made (server fault).
+    ImageFailed,
+    /// Label of the reference that ties a page to the operator's log line.
+    Reference,
     /// Bad request.
     BadRequest,
     /// Body too large.
@@ -175,18 +183,32 @@ pub fn text(lang: Lang, m: Msg) -> &'static str {
         (Lang::De, RateLimited) => {
             "Zu viele Anfragen aus Ihrem Netz. Bitte warten Sie eine Weile und versuchen Sie es erneut."
         }
-        (Lang::En, Busy) => {
-            "The server is busy. Please try again in a moment; your message was not received."
-        }
+        (Lang::En, Busy) => "The server is busy. Please try again in a moment.",
         (Lang::De, Busy) => {
-            "Der Server ist ausgelastet. Bitte versuchen Sie es gleich noch einmal; Ihre Nachricht wurde nicht empfangen."
+            "Der Server ist ausgelastet. Bitte versuchen Sie es gleich noch einmal."
         }
         (Lang::En, ServerError) => {
-            "The contact form is not available right now because of a server configuration problem. The site owner has been told in the server log."
+            "The contact form is not available right now because of a problem on the server. The site owner finds the reason in the server log."
         }
         (Lang::De, ServerError) => {
-            "Das Kontaktformular ist wegen eines Konfigurationsproblems gerade nicht verfügbar. Der Betreiber findet den Grund im Server-Log."
+            "Das Kontaktformular ist wegen eines Problems auf dem Server gerade nicht verfügbar. Der Betreiber findet den Grund im Server-Log."
         }
+        (Lang::En, UnavailableTitle) => "Temporarily unavailable",
+        (Lang::De, UnavailableTitle) => "Vorübergehend nicht verfügbar",
+        (Lang::En, ImageBusy) => {
+            "The security image cannot be made right now. Please try again in a moment."
+        }
+        (Lang::De, ImageBusy) => {
+            "Das Sicherheitsbild kann gerade nicht erstellt werden. Bitte versuchen Sie es gleich noch einmal."
+        }
+        (Lang::En, ImageFailed) => {
+            "The security image cannot be made because of a problem on the server. The site owner finds the reason in the server log."
+        }
+        (Lang::De, ImageFailed) => {
+            "Das Sicherheitsbild kann wegen eines Problems auf dem Server nicht erstellt werden. Der Betreiber findet den Grund im Server-Log."
+        }
+        (Lang::En, Reference) => "Reference for the site owner",
+        (Lang::De, Reference) => "Referenz für den Betreiber",
         (Lang::En, BadRequest) => "The form data could not be read.",
         (Lang::De, BadRequest) => "Die Formulardaten konnten nicht gelesen werden.",
         (Lang::En, TooLarge) => "The message is too large.",
@@ -263,6 +285,9 @@ pub struct PageCtx {
     pub json: bool,
     /// Where operator templates may live (`var/config/`), if the runtime tree is known.
     pub template_dir: Option<std::path::PathBuf>,
+    /// Heading of an error page without a form: about the message on the contact
+    /// endpoint, about the image on the CAPTCHA endpoint.
+    pub error_title: Msg,
 }
 
 /// The operator's page template for `lang`: `templates/page.{lang}.html`, else
@@ -483,7 +508,7 @@ pub fn error(
                 Some(d) => format!("{msg} ({d})"),
                 None => msg.to_string(),
             };
-            message_html(ctx, Msg::ErrorTitle, &body)
+            message_html(ctx, ctx.error_title, &body)
         }
     };
     Response::html(status, page)

@@ -136,9 +136,29 @@ pub fn read_or_reset<T: DeserializeOwned + Validate>(
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
+    let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_secs());
+    t + test_clock_skew()
+}
+
+/// Test builds only (feature `test-hooks`): seconds added to the clock, from the process
+/// environment's `FORMWARDEN_TEST_CLOCK_SKEW`, so the suite can let challenges, windows and
+/// backoffs expire without sleeping. Release builds have no such switch.
+#[cfg(feature = "test-hooks")]
+fn test_clock_skew() -> u64 {
+    static SKEW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("FORMWARDEN_TEST_CLOCK_SKEW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_clock_skew() -> u64 {
+    0
 }
 
 /// State time stamps may run ahead of our clock by this much (clock steps between
