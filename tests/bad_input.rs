@@ -30,6 +30,40 @@ fn assert_controlled(a: &Answer, status: u16) {
     );
 }
 
+/// Issue 7, item 9: HEAD is answered like GET, without the body: the same status and
+/// headers, `Content-Length` included (a link checker or a monitor asks this way).
+#[test]
+fn head_is_answered_like_get_without_a_body() {
+    let site = Site::new();
+    let get = site.cgi("contact", "GET").run();
+    let head = site.cgi("contact", "HEAD").run();
+    assert_eq!(head.status, 200, "{}", head.text());
+    assert!(head.body.is_empty(), "no body: {}", head.text());
+    assert_eq!(head.header("content-type"), get.header("content-type"));
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+
+    let head = site.cgi("captcha", "HEAD").remote_addr("192.0.2.44").run();
+    assert_eq!(head.status, 200, "{}", head.text());
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-type"), Some("image/png"));
+    assert_eq!(head.header("cache-control"), Some("no-store"));
+    let len: usize = head
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .expect("a Content-Length");
+    assert!(len > 1000, "the PNG's length: {len}");
+    // A HEAD costs what a GET costs: it counts against the image budget.
+    assert_eq!(site.stored_count("192.0.2.44", "captcha_get"), Some(1));
+
+    let a = site.cgi("contact", "PUT").run();
+    assert_eq!(a.header("allow"), Some("GET, HEAD, POST"));
+    let a = site.cgi("captcha", "POST").run();
+    assert_eq!(a.header("allow"), Some("GET, HEAD"));
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let site = Site::new();
@@ -41,7 +75,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         ("PUT", "contact"),
         ("DELETE", "contact"),
         ("POST", "captcha"),
-        ("HEAD", "captcha"),
+        ("OPTIONS", "captcha"),
     ] {
         let a = site.cgi(bin, method).run();
         assert_controlled(&a, 405);

@@ -247,6 +247,17 @@ impl Response {
         r
     }
 
+    /// The answer to a HEAD request: the same status and headers as the GET answer
+    /// (`Content-Length` included), without the body.
+    pub fn into_head(mut self) -> Response {
+        if self.status != 204 && self.get_header("Content-Length").is_none() {
+            let len = self.body.len().to_string();
+            self = self.header("Content-Length", len);
+        }
+        self.body.clear();
+        self
+    }
+
     /// The CGI header block plus body.
     pub fn to_cgi(&self) -> Vec<u8> {
         let mut out = format!("Status: {} {}\r\n", self.status, reason(self.status)).into_bytes();

@@ -314,7 +314,13 @@ impl Config {
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let raw: Raw = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
+            let mut message = e.message().to_string();
+            // Every parse error points at a place; line and column let the operator find
+            // it even when no key can be named (a syntax error).
+            if let Some(span) = e.span() {
+                let (line, column) = line_and_column(text, span.start);
+                message = format!("line {line}, column {column}: {message}");
+            }
             // toml names unknown keys in the message; for type errors the key is the one
             // on the line the span points at, so we extract it for the operator.
             let key = e
@@ -599,6 +605,14 @@ fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig>
     })
 }
 
+/// The 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_and_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(at.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 /// The key written on the line that contains byte offset `at`, if the line is `key = …`.
 fn key_at(text: &str, at: usize) -> Option<String> {
     let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
@@ -629,6 +643,20 @@ mod tests {
             Err(Error::ConfigInvalid { key, .. }) => key,
             other => panic!("expected a config error, got {other:?}"),
         }
+    }
+
+    /// Issue 7, item 9: a syntax error names the line and column it is on.
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let r = Config::parse(
+            "ip_salt = \"q8Jr2mX0vT5nL7wZ1cB4kH9pF3sD6gA0eY2uI8oR\"\n\n  = 5\n",
+            Path::new("c.toml"),
+        );
+        let text = r.expect_err("a syntax error").to_string();
+        assert!(text.contains("line 3, column 3"), "{text}");
+        let r = Config::parse("ip_salt = \"äöü\" x\n", Path::new("c.toml"));
+        let text = r.expect_err("a syntax error").to_string();
+        assert!(text.contains("line 1, column 17"), "{text}");
     }
 
     #[test]

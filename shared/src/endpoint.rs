@@ -149,12 +149,23 @@ fn rate_limited(ctx: &PageCtx, retry_after: u64, form: Option<&Fields>) -> Respo
     .header("Retry-After", retry_after.to_string())
 }
 
+/// Answers HEAD exactly like GET (the same work, status and headers), without the body.
+fn head_like_get(req: Request, body: &mut dyn Read, f: crate::run::Handler) -> Response {
+    let head = req.method() == "HEAD";
+    let resp = f(req, body);
+    if head { resp.into_head() } else { resp }
+}
+
 /// `GET captcha`: a new challenge as PNG (id in a cookie) or, for scripts, as JSON.
-pub fn captcha(req: Request, _body: &mut dyn Read) -> Response {
+pub fn captcha(req: Request, body: &mut dyn Read) -> Response {
+    head_like_get(req, body, captcha_get)
+}
+
+fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
     let app = App::discover();
     let ctx = ctx_for(&req, app.as_ref().ok(), "captcha");
-    if req.method() != "GET" {
-        return method_not_allowed(&ctx, "GET");
+    if !matches!(req.method().as_str(), "GET" | "HEAD") {
+        return method_not_allowed(&ctx, "GET, HEAD");
     }
     let app = match app {
         Ok(a) => a,
@@ -227,18 +238,22 @@ fn test_hook_answer(resp: Response, _answer: &str) -> Response {
 }
 
 /// `GET contact` shows the form; `POST contact` takes a message.
-pub fn contact(mut req: Request, body: &mut dyn Read) -> Response {
+pub fn contact(req: Request, body: &mut dyn Read) -> Response {
+    head_like_get(req, body, contact_any)
+}
+
+fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     let app = App::discover();
     let ctx = ctx_for(&req, app.as_ref().ok(), "contact");
     let method = req.method();
-    if method == "GET" {
+    if method == "GET" || method == "HEAD" {
         return match app {
             Ok(_) => Response::html(200, pages::form_html(&ctx, &[], &[], &Fields::new())),
             Err(e) => error_response(&ctx, &e, None, Doing::Form),
         };
     }
     if method != "POST" {
-        return method_not_allowed(&ctx, "GET, POST");
+        return method_not_allowed(&ctx, "GET, HEAD, POST");
     }
     let app = match app {
         Ok(a) => a,
