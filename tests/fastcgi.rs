@@ -4,8 +4,8 @@
 //! responder contend with each other and with CGI processes exactly as processes do), and
 //! survive malformed and early-closed connections.
 
-mod client;
-mod responder;
+pub mod client;
+pub mod responder;
 
 use crate::util::*;
 use client::*;

@@ -8,6 +8,7 @@ mod bad_input;
 mod browser;
 mod captcha;
 mod contention;
+mod deadlines;
 mod disclosure;
 mod fastcgi;
 mod locking;

@@ -55,6 +55,7 @@ impl App {
     /// folders exist.
     pub fn open(layout: Layout) -> Result<App> {
         let config = Config::load(&layout.config_file())?;
+        crate::deadline::set_limit(config.request_timeout);
         layout.create_state_dirs()?;
         let locks = LockRunner::new(layout.lock_dir(), config.lock_wait, config.lock_poll);
         let limiter = RateLimiter::new(

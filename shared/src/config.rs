@@ -35,6 +35,8 @@ pub struct Config {
     pub lock_wait: Duration,
     /// The longest single sleep between lock attempts while polling.
     pub lock_poll: Duration,
+    /// The overall deadline of one request (see `deadline`).
+    pub request_timeout: Duration,
     /// The largest request body accepted (413 above it).
     pub max_body_bytes: usize,
     /// Page language: `en`, `de` or `auto` (from `Accept-Language`).
@@ -95,6 +97,8 @@ pub enum Transport {
     Sendmail {
         /// The program.
         command: PathBuf,
+        /// How long the program may run before it is killed (the message stays spooled).
+        timeout: Duration,
     },
     /// Speak SMTP to a server.
     Smtp(SmtpConfig),
@@ -164,6 +168,7 @@ struct Raw {
     captcha_length: Option<i64>,
     lock_wait_ms: Option<i64>,
     lock_poll_ms: Option<i64>,
+    request_timeout_seconds: Option<i64>,
     max_body_bytes: Option<i64>,
     language: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -198,6 +203,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawSendmail {
     command: Option<String>,
+    timeout_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -381,6 +387,13 @@ impl Config {
             Duration::from_millis(c.int("lock_wait_ms", raw.lock_wait_ms, 300, 10, 30_000)? as u64);
         let lock_poll =
             Duration::from_millis(c.int("lock_poll_ms", raw.lock_poll_ms, 25, 1, 1_000)? as u64);
+        let request_timeout = c.secs(
+            "request_timeout_seconds",
+            raw.request_timeout_seconds,
+            30,
+            2,
+            600,
+        )?;
 
         Ok(Config {
             ip_salt,
@@ -412,6 +425,7 @@ impl Config {
             captcha_length: c.int("captcha_length", raw.captcha_length, 5, 4, 8)? as usize,
             lock_wait,
             lock_poll,
+            request_timeout,
             max_body_bytes: c.int(
                 "max_body_bytes",
                 raw.max_body_bytes,
@@ -462,14 +476,24 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
                 4096,
             )?),
         },
-        "sendmail" => Transport::Sendmail {
-            command: PathBuf::from(c.text(
-                "mail.sendmail.command",
-                raw.sendmail.and_then(|s| s.command),
-                "/usr/sbin/sendmail",
-                4096,
-            )?),
-        },
+        "sendmail" => {
+            let s = raw.sendmail.unwrap_or_default();
+            Transport::Sendmail {
+                command: PathBuf::from(c.text(
+                    "mail.sendmail.command",
+                    s.command,
+                    "/usr/sbin/sendmail",
+                    4096,
+                )?),
+                timeout: c.secs(
+                    "mail.sendmail.timeout_seconds",
+                    s.timeout_seconds,
+                    10,
+                    1,
+                    300,
+                )?,
+            }
+        }
         "smtp" => {
             let s = raw.smtp.ok_or_else(|| {
                 Error::config(

@@ -368,6 +368,7 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         Ok(m) => m,
         Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
     };
+    crate::deadline::note_saved();
     let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
     success(&ctx, &msg.id, delivered)
 }

@@ -268,7 +268,7 @@ fn serve(
                 continue;
             }
         }
-        let slot = Slots::admit(&slots);
+        let slot = Arc::new(Slots::admit(&slots));
         Workers::dispatch(&workers, Job { stream, slot });
     }
 }
@@ -299,7 +299,7 @@ fn is_fatal_accept_error(e: &io::Error) -> bool {
 /// An accepted connection with its place among the slots, waiting for a worker.
 struct Job {
     stream: Stream,
-    slot: Slot,
+    slot: Arc<Slot>,
 }
 
 /// How long a worker thread without a connection stays for the next one before it ends.
@@ -977,7 +977,7 @@ fn serve_connection(
     stream: Stream,
     handler: Handler,
     limits: &Limits,
-    slot: &Slot,
+    slot: &Arc<Slot>,
 ) -> Result<(), ConnError> {
     let wire = Wire::new(stream, limits)?;
     let mut conn = Conn {
@@ -1031,8 +1031,17 @@ fn serve_connection(
                     pos: 0,
                     overflow: stdin_overflow,
                 };
+                let deadline = crate::deadline::begin();
+                let watch = Watch::start(&conn, b.id, slot, &deadline);
                 let resp = handler(req, &mut body);
                 drop(body);
+                drop(deadline);
+                if let Some(w) = &watch
+                    && !w.finish()
+                {
+                    // The watchdog answered for this request and closed the connection.
+                    return Err(ConnError::Io(timed_out("request")));
+                }
                 conn.answer(b.id, &resp.to_cgi())?;
             }
         }
@@ -1068,10 +1077,12 @@ struct Idle {
     handle: Stream,
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection; dropping it frees its place (or the watchdog frees it early,
+/// for a request stuck past its deadline).
 struct Slot {
     slots: Arc<Slots>,
     id: u64,
+    freed: AtomicBool,
 }
 
 impl Slots {
@@ -1104,6 +1115,7 @@ impl Slots {
                 return Slot {
                     slots: Arc::clone(this),
                     id: st.next_id,
+                    freed: AtomicBool::new(false),
                 };
             }
             let oldest = st
@@ -1154,12 +1166,178 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
+impl Slot {
+    /// Gives the place back, once: on drop, or earlier from the watchdog.
+    fn release(&self) {
+        if self.freed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let mut st = self.slots.lock();
         st.idle.retain(|i| i.id != self.id);
         st.active = st.active.saturating_sub(1);
         self.slots.freed.notify_all();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A request the watchdog keeps an eye on.
+struct Watched {
+    key: u64,
+    /// When it overran: read from the deadline on every check, because the request's own
+    /// config may set the limit after it was registered.
+    deadline: crate::deadline::Overrun,
+    request_id: u16,
+    stream: Stream,
+    slot: Arc<Slot>,
+    saved: Arc<AtomicBool>,
+    answered: Arc<AtomicBool>,
+}
+
+/// The responder's one watchdog thread and the requests it watches. A request that is still
+/// running when it overran its deadline by the grace period (see `deadline`) gets
+/// `run::overrun_response` written for it, its connection is closed and its place among
+/// the slots is freed, so the responder goes on serving others while that thread stays
+/// stuck in its call. Every bounded step of a request ends at its deadline, so this only
+/// fires for a call without a timeout of its own.
+struct Watchdog {
+    watched: Mutex<Vec<Watched>>,
+    changed: Condvar,
+    next_key: std::sync::atomic::AtomicU64,
+}
+
+static WATCHDOG: std::sync::OnceLock<Option<&'static Watchdog>> = std::sync::OnceLock::new();
+
+impl Watchdog {
+    /// The responder's watchdog, started on first use; `None` when no thread could be
+    /// started (requests then run without one, bounded by their own steps).
+    fn get() -> Option<&'static Watchdog> {
+        *WATCHDOG.get_or_init(|| {
+            let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
+                watched: Mutex::new(Vec::new()),
+                changed: Condvar::new(),
+                next_key: std::sync::atomic::AtomicU64::new(0),
+            }));
+            match thread::Builder::new()
+                .name("fcgi-watchdog".into())
+                .stack_size(256 * 1024)
+                .spawn(move || dog.run())
+            {
+                Ok(_) => Some(dog),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no watchdog for FastCGI requests");
+                    None
+                }
+            }
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self) {
+        let mut list = self.lock();
+        loop {
+            let now = Instant::now();
+            let (late, on_time): (Vec<Watched>, Vec<Watched>) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|w| w.deadline.at() <= now);
+            *list = on_time;
+            if !late.is_empty() {
+                drop(list);
+                late.into_iter().for_each(Watchdog::answer);
+                list = self.lock();
+                continue;
+            }
+            // At most a second between checks: a limit set by a config is seen soon.
+            let next = list.iter().map(|w| w.deadline.at()).min();
+            let wait = next
+                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+                .min(Duration::from_secs(1));
+            list = self
+                .changed
+                .wait_timeout(list, wait.max(Duration::from_millis(1)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn answer(w: Watched) {
+        if w.answered.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let saved = w.saved.load(Ordering::Relaxed);
+        tracing::error!(
+            limit_s = crate::deadline::limit().as_secs(),
+            saved,
+            "a FastCGI request overran its deadline; answered for it and closed its connection"
+        );
+        let cgi = crate::run::overrun_response(saved).to_cgi();
+        let mut out = Vec::with_capacity(cgi.len() + 4 * HEADER_LEN);
+        for chunk in cgi.chunks(MAX_CONTENT) {
+            push_record(&mut out, STDOUT, w.request_id, chunk);
+        }
+        push_record(&mut out, STDOUT, w.request_id, &[]);
+        push_end_request(&mut out, w.request_id, 0, REQUEST_COMPLETE);
+        let mut stream = w.stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(&out);
+        let _ = stream.shutdown();
+        w.slot.release();
+    }
+}
+
+/// A request's registration with the watchdog.
+struct Watch {
+    key: u64,
+    answered: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// Registers the request on `conn` with the watchdog; `None` without a watchdog or
+    /// when the socket cannot be shared with it.
+    fn start(
+        conn: &Conn<'_>,
+        request_id: u16,
+        slot: &Arc<Slot>,
+        deadline: &crate::deadline::Guard,
+    ) -> Option<Watch> {
+        let dog = Watchdog::get()?;
+        let stream = conn.r.get_ref().stream.try_clone().ok()?;
+        let key = dog.next_key.fetch_add(1, Ordering::Relaxed);
+        let answered = Arc::new(AtomicBool::new(false));
+        dog.lock().push(Watched {
+            key,
+            deadline: deadline.overrun(),
+            request_id,
+            stream,
+            slot: Arc::clone(slot),
+            saved: deadline.saved_flag(),
+            answered: Arc::clone(&answered),
+        });
+        dog.changed.notify_one();
+        Some(Watch { key, answered })
+    }
+
+    /// Ends the watch when the handler returned; false when the watchdog already answered.
+    fn finish(&self) -> bool {
+        !self.answered.swap(true, Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watch {
+    /// Takes the request off the watchdog's list, also when its handler panicked: the
+    /// list's handle on the socket must not keep a closed connection open.
+    fn drop(&mut self) {
+        self.answered.store(true, Ordering::SeqCst);
+        if let Some(dog) = Watchdog::get() {
+            dog.lock().retain(|w| w.key != self.key);
+        }
     }
 }
 
@@ -1329,7 +1507,7 @@ mod tests {
             .expect("timeout");
         let slots = Arc::new(Slots::new(4));
         let t = thread::spawn(move || {
-            let slot = Slots::admit(&slots);
+            let slot = Arc::new(Slots::admit(&slots));
             serve_connection(Stream::Unix(server), handler, &limits, &slot)
         });
         (client, t)

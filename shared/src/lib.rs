@@ -10,6 +10,7 @@ pub mod captcha;
 pub mod captcha_image;
 pub mod cgi;
 pub mod config;
+pub mod deadline;
 pub mod delivery;
 pub mod endpoint;
 pub mod error;

@@ -175,9 +175,10 @@ impl LockRunner {
         Ok(out)
     }
 
-    /// Takes `key`, waiting at most the configured bound.
+    /// Takes `key`, waiting at most the configured bound (and never past the request's
+    /// deadline).
     pub fn acquire(&self, key: &LockKey) -> Result<LockGuard> {
-        let deadline = Instant::now() + self.wait;
+        let deadline = Instant::now() + crate::deadline::clamp(self.wait);
         self.acquire_until(key, Some(deadline))
     }
 

@@ -12,7 +12,7 @@ use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{SendmailTransport, SmtpTransport, Transport as _};
+use lettre::{SmtpTransport, Transport as _};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -123,7 +123,7 @@ fn smtp_transport(s: &SmtpConfig) -> Result<SmtpTransport, SendError> {
     let mut b = SmtpTransport::builder_dangerous(s.host.clone())
         .port(s.port)
         .tls(tls)
-        .timeout(Some(s.timeout))
+        .timeout(Some(crate::deadline::clamp(s.timeout)))
         .hello_name(ClientId::Domain(s.hello_name.clone()));
     if let (Some(u), Some(p)) = (&s.username, &s.password) {
         b = b.credentials(Credentials::new(u.clone(), p.clone()));
@@ -150,9 +150,7 @@ pub fn send(
                 }
             })
         }
-        Transport::Sendmail { command } => SendmailTransport::new_with_command(command.as_os_str())
-            .send(message)
-            .map_err(|e| SendError::Temporary(format!("{} failed: {e}", command.display()))),
+        Transport::Sendmail { command, timeout } => sendmail(command, *timeout, message),
         Transport::File { dir } => {
             let dir = if dir.is_absolute() {
                 dir.clone()
@@ -172,6 +170,86 @@ pub fn send(
                 Err(e) => Err(SendError::Temporary(e.to_string())),
             }
         }
+    }
+}
+
+/// Pipes `message` to a sendmail-compatible `command` (`-i -f FROM -- TO…`, as lettre's
+/// sendmail transport and PHP's `mail()` call it) and waits at most `timeout`, cut to what
+/// is left of the request's deadline. A program that does not finish in time is killed
+/// with its whole process group (a wrapper's children too), and the send counts as
+/// temporary: the message stays in the spool for the next try. lettre's own sendmail
+/// transport waits without any bound, which pinned a process (or a FastCGI thread) for as
+/// long as a broken `sendmail` hung.
+fn sendmail(command: &Path, timeout: Duration, message: &Message) -> Result<(), SendError> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let name = command.display();
+    let envelope = message.envelope();
+    let mut cmd = Command::new(command);
+    cmd.arg("-i");
+    if let Some(from) = envelope.from() {
+        cmd.arg("-f").arg(from);
+    }
+    cmd.arg("--")
+        .args(envelope.to().iter().map(ToString::to_string))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout can end everything it started.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SendError::Temporary(format!("cannot start {name}: {e}")))?;
+    let deadline = std::time::Instant::now() + crate::deadline::clamp(timeout);
+    // Feeding stdin and draining stderr on threads of their own keeps a program that reads
+    // nothing (or writes a lot) from blocking us past the deadline. They are not joined: a
+    // grandchild that left the process group could keep a pipe open for ever, and the
+    // answer must not wait for it.
+    let text = message.formatted();
+    if let Some(mut stdin) = child.stdin.take() {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&text);
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.take(4096).read_to_end(&mut buf);
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim().to_string());
+        });
+    }
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => {
+                let pgid = child.id() as libc::pid_t;
+                // SAFETY: kill(2) has no memory effects; the group is our own child's.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let err_text = rx
+        .recv_timeout(Duration::from_millis(100))
+        .unwrap_or_default();
+    match status {
+        Some(st) if st.success() => Ok(()),
+        Some(st) => Err(SendError::Temporary(format!(
+            "{name} exited with {st}: {err_text}"
+        ))),
+        None => Err(SendError::Temporary(format!(
+            "{name} did not finish within {} ms and was killed",
+            timeout.as_millis()
+        ))),
     }
 }
 

@@ -6,6 +6,9 @@
 
 use crate::cgi::{Request, Response};
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// Name of the variable that sets the log level (`error`, `warn`, `info`, `debug`, `trace`).
 pub const LOG_ENV: &str = "FORMWARDEN_LOG";
@@ -42,6 +45,74 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The answer for a request that overran its deadline (see `deadline`), given by a
+/// watchdog while the request is stuck in a call without a timeout. It cannot know more
+/// than whether the message was saved, and says exactly that.
+pub fn overrun_response(saved: bool) -> Response {
+    let (status, text) = if saved {
+        (
+            202,
+            "Your message has been received and saved. It will be delivered shortly; you do not need to send it again.\n\
+             Ihre Nachricht ist angekommen und gespeichert. Sie wird in Kürze zugestellt; Sie müssen sie nicht erneut senden.\n",
+        )
+    } else {
+        (
+            503,
+            "The server took too long to answer. If you were sending a message, it was NOT received: please try again in a few minutes.\n\
+             Der Server hat zu lange gebraucht. Falls Sie eine Nachricht gesendet haben, wurde sie NICHT empfangen: bitte versuchen Sie es in einigen Minuten erneut.\n",
+        )
+    };
+    let resp = Response::bytes(
+        status,
+        "text/plain; charset=utf-8",
+        text.as_bytes().to_vec(),
+    );
+    if saved {
+        resp
+    } else {
+        resp.header("Retry-After", "60")
+    }
+}
+
+/// Starts the watchdog of a CGI process: if the request is still running when it overran
+/// its deadline by the grace period, the watchdog writes [`overrun_response`] and ends the
+/// process. State stays consistent (every write is temp file + rename, a held lock dies
+/// with the process) and a saved message stays in the spool for the retry.
+fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
+    let saved = deadline.saved_flag();
+    let overrun = deadline.overrun();
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                // Read every time: the config sets the limit after the watchdog started.
+                let due = overrun.at();
+                let now = Instant::now();
+                if now < due {
+                    std::thread::sleep((due - now).min(std::time::Duration::from_secs(1)));
+                    continue;
+                }
+                if answered.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                let saved = saved.load(Ordering::Relaxed);
+                tracing::error!(
+                    limit_s = crate::deadline::limit().as_secs(),
+                    saved,
+                    "the request overran its deadline; answered for it and ended the process"
+                );
+                let _ = overrun_response(saved).write_to(&mut std::io::stdout());
+                // SAFETY: _exit(2) ends the process without running destructors, which the
+                // stuck main thread may be in the middle of; nothing is left to flush.
+                unsafe { libc::_exit(0) }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no watchdog for this request");
+    }
+}
+
 /// An endpoint: request in, response out.
 pub type Handler = fn(Request, &mut dyn Read) -> Response;
 
@@ -62,6 +133,9 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
         };
     }
     let req = Request::from_process_env();
+    let deadline = crate::deadline::begin();
+    let answered = Arc::new(AtomicBool::new(false));
+    cgi_watchdog(&deadline, Arc::clone(&answered));
     let stdin = std::io::stdin();
     let mut input = Counting {
         inner: stdin.lock(),
@@ -72,6 +146,13 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let resp = handler(req, &mut input);
+    if answered.swap(true, Ordering::SeqCst) {
+        // The watchdog is answering for this request and ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
+    drop(deadline);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let written = resp.write_to(&mut out);
