@@ -15,5 +15,6 @@ mod locking;
 mod mail;
 mod privacy;
 mod proxies;
+mod release_profile;
 mod tokens;
 mod webservers;

@@ -162,6 +162,7 @@ pub fn captcha(req: Request, body: &mut dyn Read) -> Response {
 }
 
 fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
+    test_hook_panic(&req);
     let app = App::discover();
     let ctx = ctx_for(&req, app.as_ref().ok(), "captcha");
     if !matches!(req.method().as_str(), "GET" | "HEAD") {
@@ -236,6 +237,18 @@ fn test_hook_answer(resp: Response, answer: &str) -> Response {
 fn test_hook_answer(resp: Response, _answer: &str) -> Response {
     resp
 }
+
+/// Test builds only: a request with `X-Formwarden-Test-Panic` panics, so the suite can
+/// check what a handler bug does to a FastCGI responder built with the release profile.
+#[cfg(feature = "test-hooks")]
+fn test_hook_panic(req: &Request) {
+    if req.header("x-formwarden-test-panic").is_some() {
+        panic!("test hook: a handler bug");
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_hook_panic(_req: &Request) {}
 
 /// `GET contact` shows the form; `POST contact` takes a message.
 pub fn contact(req: Request, body: &mut dyn Read) -> Response {

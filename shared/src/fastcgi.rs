@@ -395,9 +395,10 @@ impl Workers {
     }
 }
 
-/// Serves one connection; the last line of defence against a panic in a handler. The
-/// release profile aborts on panic, so the real defence is code that cannot panic on
-/// input; in other builds a panic closes only this connection. Returns false after a
+/// Serves one connection; the last line of defence against a panic in a handler. Every
+/// profile unwinds (the release profile says so explicitly), so a panic closes only this
+/// connection and the requests in flight beside it are answered; the real defence is still
+/// code that cannot panic on input. Returns false after a
 /// panic: the worker then ends, so a thread-local left half-done by the panic (the atomic
 /// writer's deferred folder syncs) is never seen by another request.
 fn run_connection(job: Job, handler: Handler, limits: &Limits) -> bool {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// How to start one responder.
 pub struct Spawn {
     bin: String,
+    /// The executable to start; `bin`'s test build unless set.
+    exe: Option<PathBuf>,
     tcp: bool,
     children: usize,
     env: Vec<(String, String)>,
@@ -37,6 +39,7 @@ impl Spawn {
     pub fn unix(bin: &str, root: &Path) -> Spawn {
         Spawn {
             bin: bin.to_string(),
+            exe: None,
             tcp: false,
             children: 1,
             env: vec![("FORMWARDEN_ROOT".into(), root.display().to_string())],
@@ -49,6 +52,12 @@ impl Spawn {
             tcp: true,
             ..Spawn::unix(bin, root)
         }
+    }
+
+    /// Starts `exe` (another build of `bin`, e.g. the release profile's) instead.
+    pub fn exe(mut self, exe: PathBuf) -> Spawn {
+        self.exe = Some(exe);
+        self
     }
 
     /// `n` processes forked by spawn-fcgi, all accepting on the one socket.
@@ -106,7 +115,8 @@ impl Spawn {
                 .arg("-P")
                 .arg(&pidfile);
         }
-        cmd.arg("--").arg(exe(&self.bin));
+        cmd.arg("--")
+            .arg(self.exe.clone().unwrap_or_else(|| exe(&self.bin)));
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
