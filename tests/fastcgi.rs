@@ -225,6 +225,39 @@ fn a_request_inside_the_responder_waits_on_a_real_flock() {
     assert_eq!(req.run_on(&responder.endpoint).status, 200);
 }
 
+/// Issue 7, item 5: a holder that never releases costs a long-lived responder at most
+/// `lock::MAX_HELPERS` helper threads, however many requests time out on it.
+#[test]
+fn a_stuck_lock_holder_does_not_pile_up_threads_in_the_responder() {
+    let site = Site::new();
+    let mut responder = Spawn::unix("captcha", site.root()).start();
+    let addr = "192.0.2.11";
+    let key = LockKey::ratelimit(&client_key(addr));
+    let _held = site.hold_lock(&key);
+    let before = responder.threads();
+    let n = 3 * formwarden::lock::MAX_HELPERS;
+    for _ in 0..n {
+        let a = site
+            .cgi("captcha", "GET")
+            .remote_addr(addr)
+            .run_on(&responder.endpoint);
+        assert_eq!(a.status, 503, "{}", a.text());
+    }
+    let after = responder.threads();
+    assert!(before > 0, "the thread count is readable");
+    assert!(
+        after <= before + formwarden::lock::MAX_HELPERS + 4,
+        "{n} timed-out requests left {after} threads (before: {before})"
+    );
+    // Other clients are still served.
+    let a = site
+        .cgi("captcha", "GET")
+        .remote_addr("192.0.2.12")
+        .run_on(&responder.endpoint);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(responder.alive());
+}
+
 #[test]
 fn fastcgi_threads_fastcgi_children_and_cgi_processes_share_one_limit() {
     let site = Site::with("captcha_max_get = 40", "");

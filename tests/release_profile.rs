@@ -67,9 +67,17 @@ fn a_panic_in_a_release_built_responder_closes_only_its_connection() {
     );
     drop(held);
     let a = in_flight.join().expect("join");
-    assert_eq!(a.status, 200, "the request in flight was answered: {}", a.text());
+    assert_eq!(
+        a.status,
+        200,
+        "the request in flight was answered: {}",
+        a.text()
+    );
     assert!(r.alive(), "the responder survived: {}", r.log());
     assert!(r.log().contains("panicked"), "{}", r.log());
-    let next = site.cgi("captcha", "GET").remote_addr("192.0.2.61").run_on(&ep);
+    let next = site
+        .cgi("captcha", "GET")
+        .remote_addr("192.0.2.61")
+        .run_on(&ep);
     assert_eq!(next.status, 200, "{}", next.text());
 }

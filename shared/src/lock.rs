@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -249,6 +250,20 @@ fn same_inode(file: &File, path: &Path) -> bool {
     }
 }
 
+/// The most helper threads blocked in `flock(2)` at once in this process. A helper whose
+/// requester timed out stays blocked until the holder releases; with a holder that never
+/// does, a long-lived FastCGI responder would otherwise gain a thread per timed-out
+/// request. Above the cap, waits fall back to polling.
+pub const MAX_HELPERS: usize = 16;
+
+/// Helper threads alive now.
+static HELPERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many helper threads are blocked in `flock(2)` right now (for tests and logs).
+pub fn helpers_alive() -> usize {
+    HELPERS.load(Ordering::SeqCst)
+}
+
 /// The waiter thread's view of a contended acquisition.
 enum WaitState {
     Waiting,
@@ -272,9 +287,19 @@ fn lock_until(file: &File, deadline: Instant, poll: Duration) -> std::io::Result
         Err(TryLockError::WouldBlock) => {}
         Err(TryLockError::Error(e)) => return Err(e),
     }
+    if HELPERS.fetch_add(1, Ordering::SeqCst) >= MAX_HELPERS {
+        HELPERS.fetch_sub(1, Ordering::SeqCst);
+        return poll_until(file, deadline, poll);
+    }
     // The clone shares the open file description, and flock locks belong to the open file
     // description: a lock taken through the clone is held by `file` too.
-    let waiter = file.try_clone()?;
+    let waiter = match file.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            HELPERS.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
     let shared = Arc::new((Mutex::new(WaitState::Waiting), Condvar::new()));
     let theirs = Arc::clone(&shared);
     let spawned = thread::Builder::new()
@@ -293,9 +318,11 @@ fn lock_until(file: &File, deadline: Instant, poll: Duration) -> std::io::Result
                 (_, Ok(())) => *st = WaitState::Acquired,
                 (_, Err(e)) => *st = WaitState::Failed(e),
             }
+            HELPERS.fetch_sub(1, Ordering::SeqCst);
             cv.notify_all();
         });
     if spawned.is_err() {
+        HELPERS.fetch_sub(1, Ordering::SeqCst);
         return poll_until(file, deadline, poll);
     }
     let (m, cv) = &*shared;
@@ -372,6 +399,36 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(80));
         assert_eq!(err.to_string(), "Lock-Timeout nach 80ms: token_x");
         drop(held);
+        assert!(runner.acquire(&key).is_ok());
+    }
+
+    /// Issue 7, item 5: with a holder that never releases, timed-out waits leave at most
+    /// [`MAX_HELPERS`] helper threads behind; waits beyond that poll, and still time out
+    /// with the contract's error. Once the holder lets go, every helper ends.
+    #[test]
+    fn helper_threads_are_capped_under_a_holder_that_never_releases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runner = LockRunner::new(
+            dir.path(),
+            Duration::from_millis(5),
+            Duration::from_millis(2),
+        );
+        let key = LockKey::new("captcha_stuck");
+        // Another open file description: flock conflicts with it even in this process.
+        let holder = File::create(runner.path_of(&key)).expect("lock file");
+        holder.lock().expect("hold");
+        for _ in 0..(MAX_HELPERS * 3) {
+            let err = runner.acquire(&key).expect_err("held");
+            assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+            assert!(helpers_alive() <= MAX_HELPERS, "{}", helpers_alive());
+        }
+        assert!(helpers_alive() >= 1, "contended waits used helpers");
+        holder.unlock().expect("release");
+        let t = Instant::now();
+        while helpers_alive() > 0 && t.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(helpers_alive(), 0, "every helper ended after the release");
         assert!(runner.acquire(&key).is_ok());
     }
 

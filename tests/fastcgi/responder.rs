@@ -186,6 +186,23 @@ impl Responder {
 
     /// What the responder logged so far (single-process responders only; forked children
     /// log to /dev/null, as spawn-fcgi arranges).
+    /// Threads of the (first) responder process, from /proc.
+    pub fn threads(&self) -> usize {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .or(self.pids.first().copied());
+        let status = pid
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
