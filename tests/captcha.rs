@@ -25,8 +25,7 @@ fn the_image_is_a_png_with_a_one_time_cookie_and_no_cache() {
     );
     let id = a.cookie("fw_captcha").expect("id");
     // The answer is stored only as a hash.
-    let stored = std::fs::read_to_string(site.var(&format!("tmp/captcha/{id}.toml")))
-        .expect("challenge file");
+    let stored = std::fs::read_to_string(site.challenge_path(&id)).expect("challenge file");
     let answer = a.header("x-formwarden-test-answer").expect("hook");
     assert!(
         !stored.contains(answer),
@@ -178,7 +177,7 @@ fn a_sweep_removes_expired_challenges_stale_windows_and_their_lock_files() {
         site.challenge("192.0.2.10");
     }
     let (id, answer) = site.challenge("192.0.2.11");
-    assert!(site.ls("lock").iter().any(|f| f.starts_with("captcha_")));
+    assert!(site.files("lock").iter().any(|f| f.starts_with("captcha_")));
     site.advance_clock(10);
     // A challenge that is still being answered is not touched (fresh one, new window).
     let (live_id, live_answer) = site.challenge("192.0.2.12");
@@ -194,12 +193,12 @@ fn a_sweep_removes_expired_challenges_stale_windows_and_their_lock_files() {
         "{report}"
     );
     let challenges: Vec<_> = site
-        .ls("tmp/captcha")
+        .files("tmp/captcha")
         .into_iter()
         .filter(|f| f.ends_with(".toml"))
         .collect();
     assert_eq!(challenges, vec![format!("{live_id}.toml")]);
-    let locks = site.ls("lock");
+    let locks = site.files("lock");
     assert!(
         !locks
             .iter()

@@ -39,7 +39,7 @@ fn sixty_four_processes_on_one_key_admit_exactly_the_limit() {
     assert!(with_retry, "every 429 carries Retry-After");
     // Every admitted request created exactly one challenge.
     assert_eq!(
-        site.ls("tmp/captcha")
+        site.files("tmp/captcha")
             .iter()
             .filter(|f| f.ends_with(".toml"))
             .count(),

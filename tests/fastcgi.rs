@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 fn challenges(site: &Site) -> usize {
-    site.ls("tmp/captcha")
+    site.files("tmp/captcha")
         .iter()
         .filter(|f| f.ends_with(".toml"))
         .count()

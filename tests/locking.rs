@@ -24,7 +24,7 @@ fn captcha_get_takes_the_ratelimit_key() {
     let a = site.cgi("captcha", "GET").run();
     assert_timed_out(&a, &key);
     assert!(
-        site.ls("tmp/captcha")
+        site.files("tmp/captcha")
             .iter()
             .all(|f| f == ".keep" || f.is_empty()),
         "no challenge while refused"

@@ -290,7 +290,7 @@ fn two_concurrent_retry_runs_deliver_fifty_messages_exactly_once() {
     assert_eq!(ids.len(), 50, "no duplicates");
     assert!(site.ls("spool/new").is_empty());
     assert!(
-        site.ls("lock").iter().all(|f| !f.starts_with("spool_")),
+        site.files("lock").iter().all(|f| !f.starts_with("spool_")),
         "claimed messages leave no lock files behind"
     );
 }

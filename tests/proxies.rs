@@ -5,8 +5,7 @@
 use crate::util::*;
 
 fn window_exists(site: &Site, addr: &str) -> bool {
-    let key = client_key(addr);
-    site.var(&format!("tmp/ratelimit/{key}.toml")).exists()
+    site.window_path(addr).exists()
 }
 
 fn get(site: &Site, peer: &str, xff: &str) -> u16 {

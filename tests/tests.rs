@@ -11,6 +11,7 @@ mod contention;
 mod deadlines;
 mod disclosure;
 mod fastcgi;
+mod floods;
 mod locking;
 mod mail;
 mod privacy;

@@ -65,6 +65,7 @@ impl App {
                 captcha_max_get: config.captcha_max_get,
                 contact_max_post: config.contact_max_post,
                 window_seconds: config.rate_limit_window.as_secs(),
+                max_windows: config.max_windows,
             },
         );
         let captcha = CaptchaService::new(
@@ -75,6 +76,7 @@ impl App {
                 lifetime: config.captcha_lifetime,
                 max_attempts: config.captcha_max_attempts,
                 length: config.captcha_length,
+                max_challenges: config.max_challenges,
             },
         );
         let tokens = TokenService::new(

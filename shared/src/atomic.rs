@@ -62,6 +62,11 @@ fn sync_dir_soon(dir: &Path) -> Result<()> {
     if deferred { Ok(()) } else { sync_dir(dir) }
 }
 
+/// Creates `dir` (and what is missing above it): a shard's sub-folder on first use.
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))
+}
+
 /// Prefix of temp files; sweeps remove old ones left by killed processes.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -85,10 +90,20 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
 
 fn write_temp_with(path: &Path, bytes: &[u8], sync: bool) -> Result<tempfile::NamedTempFile> {
     let dir = parent(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create temp file in", dir, e))?;
+    let temp = || {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)
+    };
+    let mut tmp = match temp() {
+        // A shard's sub-folder is made on first use (see `shard`).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir(dir)?;
+            temp()
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io("create temp file in", dir, e))?;
     tmp.write_all(bytes)
         .and_then(|()| {
             if sync {

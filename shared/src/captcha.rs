@@ -5,7 +5,7 @@
 //! answer arrives twice at the same moment. Ids that are not exactly what we issue (32
 //! lower-case hex digits) are refused before they come near a path.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock::{LockKey, LockRunner};
 use crate::state::{self, Durability, Loaded, TriggerReason, Validate};
 use serde::{Deserialize, Serialize};
@@ -132,6 +132,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Characters per answer.
     pub length: usize,
+    /// Ceiling on outstanding challenges (see [`CaptchaService::create`]).
+    pub max_challenges: usize,
 }
 
 /// The CAPTCHA service over one runtime tree.
@@ -167,7 +169,7 @@ impl CaptchaService {
     }
 
     fn path_of(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.toml"))
+        crate::shard::path(&self.dir, id, ".toml")
     }
 
     fn hash(&self, id: &str, answer: &str) -> String {
@@ -194,6 +196,7 @@ impl CaptchaService {
             used: false,
         };
         let path = self.path_of(&id);
+        self.make_room(&path, now)?;
         self.locks.run(&LockKey::captcha(&id), || {
             state::write_with(&path, &stored, Durability::Ephemeral)
         })?;
@@ -210,6 +213,12 @@ impl CaptchaService {
             return Ok(Outcome::Unknown);
         }
         let path = self.path_of(id);
+        // A challenge file appears when the challenge is created, before its id is handed
+        // out, and never comes back once it is removed. So an id without a file is unknown
+        // for good, and saying so needs no lock: a never-issued id leaves no lock file.
+        if !state::exists(&path)? {
+            return Ok(Outcome::Unknown);
+        }
         self.locks.run(&LockKey::captcha(id), || {
             let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::ContactPost)?;
             // Answers longer than any challenge cannot be right; skip hashing them.
@@ -234,36 +243,79 @@ impl CaptchaService {
         })
     }
 
-    /// Removes expired challenges and their lock files, each under its lock; busy ones are
-    /// skipped until the next sweep.
-    pub fn sweep(&self, now: u64) -> Result<usize> {
-        let mut removed = 0;
-        for path in crate::sweep::entries(&self.dir, ".toml")? {
-            let Some(id) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            let Some(guard) = self.locks.try_acquire(&LockKey::captcha(&id))? else {
-                continue;
-            };
-            let gone = match state::read::<Stored>(&path, now)? {
-                Loaded::Valid(s) => now >= s.expires_at,
+    /// The ceiling policy: when the shard a new challenge goes into already holds its
+    /// share of `max_challenges`, its finished challenges (expired or used) are removed
+    /// first; if it is still full, the new challenge is refused with [`Error::Full`] (a
+    /// 503 with `Retry-After`), rather than letting a flood fill the disk.
+    fn make_room(&self, new: &std::path::Path, now: u64) -> Result<()> {
+        let Some(dir) = new.parent() else {
+            return Ok(());
+        };
+        let share = self.settings.max_challenges.div_ceil(crate::shard::COUNT);
+        let listed = state::list(dir, ".toml")?;
+        if listed.len() < share {
+            return Ok(());
+        }
+        let mut left = listed.len();
+        for l in &listed {
+            if self.remove_finished(&l.stem, now)? {
+                left -= 1;
+            }
+        }
+        if left >= share {
+            tracing::warn!(
+                max_challenges = self.settings.max_challenges,
+                "outstanding CAPTCHA challenges at their ceiling: new ones refused for now"
+            );
+            return Err(Error::Full {
+                what: "CAPTCHA challenges",
+                limit: self.settings.max_challenges,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes challenge `id` with its lock file when it is finished (expired, used, or
+    /// unreadable), under its lock; a busy one stays. Returns whether it went.
+    fn remove_finished(&self, id: &str, now: u64) -> Result<bool> {
+        let path = self.path_of(id);
+        self.locks.remove_if(&LockKey::captcha(id), || {
+            let finished = match state::read::<Stored>(&path, now)? {
+                Loaded::Valid(s) => s.used || now >= s.expires_at,
                 Loaded::Invalid(reason) => {
                     state::reset(&path, &reason, TriggerReason::Sweep)?;
                     true
                 }
                 Loaded::Missing => true,
             };
-            if gone {
+            if finished {
                 crate::atomic::remove(&path)?;
-                guard.release_and_unlink()?;
-                removed += 1;
             }
+            Ok(finished)
+        })
+    }
+
+    /// Removes finished challenges (expired or used: neither can ever pass again) in shard
+    /// `shard`, with their lock files. At most `budget` challenges are looked at; returns
+    /// how many went and whether the budget ran out.
+    pub fn sweep_shard(&self, shard: usize, now: u64, budget: usize) -> Result<(usize, bool)> {
+        let dir = self.dir.join(crate::shard::name(shard));
+        let mut removed = 0;
+        for (looked, l) in state::list(&dir, ".toml")?.iter().enumerate() {
+            if looked == budget {
+                return Ok((removed, true));
+            }
+            removed += usize::from(self.remove_finished(&l.stem, now)?);
         }
-        Ok(removed)
+        Ok((removed, false))
+    }
+
+    /// True when challenge `id` has a file (for the orphan-lock sweep).
+    pub fn has_challenge(&self, id: &str) -> Result<bool> {
+        if !is_valid_id(id) {
+            return Ok(false);
+        }
+        state::exists(&self.path_of(id))
     }
 }
 

@@ -37,6 +37,10 @@ pub struct Config {
     pub lock_poll: Duration,
     /// The overall deadline of one request (see `deadline`).
     pub request_timeout: Duration,
+    /// Ceiling on stored rate-limit windows (least recently active ones are evicted).
+    pub max_windows: usize,
+    /// Ceiling on outstanding CAPTCHA challenges (new ones are refused with a 503).
+    pub max_challenges: usize,
     /// The largest request body accepted (413 above it).
     pub max_body_bytes: usize,
     /// Page language: `en`, `de` or `auto` (from `Accept-Language`).
@@ -169,6 +173,8 @@ struct Raw {
     lock_wait_ms: Option<i64>,
     lock_poll_ms: Option<i64>,
     request_timeout_seconds: Option<i64>,
+    max_windows: Option<i64>,
+    max_challenges: Option<i64>,
     max_body_bytes: Option<i64>,
     language: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -394,6 +400,9 @@ impl Config {
             2,
             600,
         )?;
+        let max_windows = c.int("max_windows", raw.max_windows, 100_000, 256, 10_000_000)? as usize;
+        let max_challenges =
+            c.int("max_challenges", raw.max_challenges, 20_000, 256, 1_000_000)? as usize;
 
         Ok(Config {
             ip_salt,
@@ -426,6 +435,8 @@ impl Config {
             lock_wait,
             lock_poll,
             request_timeout,
+            max_windows,
+            max_challenges,
             max_body_bytes: c.int(
                 "max_body_bytes",
                 raw.max_body_bytes,

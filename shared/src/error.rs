@@ -58,6 +58,13 @@ pub enum Error {
     },
     /// The CAPTCHA image could not be rendered.
     Render(String),
+    /// A configured ceiling on stored state is reached (a flood); temporary.
+    Full {
+        /// What is full.
+        what: &'static str,
+        /// The configured ceiling.
+        limit: usize,
+    },
 }
 
 /// The library's result type.
@@ -86,7 +93,7 @@ impl Error {
     /// broken installation (500).
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::LockTimeout { .. } => true,
+            Error::LockTimeout { .. } | Error::Full { .. } => true,
             // tempfile wraps its errors with the path, which hides the raw errno but keeps
             // the kind, so both are checked.
             Error::Io { source, .. } => {
@@ -125,6 +132,9 @@ impl fmt::Display for Error {
             Error::InvalidInput { what, detail } => write!(f, "invalid {what}: {detail}"),
             Error::NotFound { what, name } => write!(f, "unknown {what}: {name}"),
             Error::Render(m) => write!(f, "CAPTCHA image: {m}"),
+            Error::Full { what, limit } => {
+                write!(f, "{what} at their configured ceiling of {limit}")
+            }
         }
     }
 }

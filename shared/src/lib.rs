@@ -27,6 +27,7 @@ pub mod random;
 pub mod ratelimit;
 pub mod run;
 pub mod setup;
+pub mod shard;
 pub mod spool;
 pub mod state;
 pub mod sweep;

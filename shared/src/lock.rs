@@ -158,9 +158,14 @@ impl LockRunner {
         self.wait
     }
 
-    /// The lock file that belongs to `key`.
+    /// The lock file that belongs to `key` (in its shard's sub-folder, see `shard`).
     pub fn path_of(&self, key: &LockKey) -> PathBuf {
-        self.dir.join(format!("{}.lock", key.as_str()))
+        crate::shard::path(&self.dir, key.as_str(), ".lock")
+    }
+
+    /// The lock folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Runs `f` while holding `key`. This is how every state change in formwarden runs.
@@ -193,17 +198,44 @@ impl LockRunner {
         }
     }
 
+    /// Removes a key whose state is gone for good: takes `key` only if it is free right
+    /// now, asks `gone` (under the lock, so it may remove the state itself) whether the key
+    /// has no state left, and if so unlinks the lock file while still holding it (see
+    /// [`LockGuard::release_and_unlink`]). Returns whether the key went; a busy key stays.
+    pub fn remove_if(&self, key: &LockKey, gone: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        let Some(guard) = self.try_acquire(key)? else {
+            return Ok(false);
+        };
+        if gone()? {
+            guard.release_and_unlink()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn acquire_until(&self, key: &LockKey, deadline: Option<Instant>) -> Result<LockGuard> {
         let path = self.path_of(key);
         let started = Instant::now();
         loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io("open lock", &path, e))?;
+            let open = || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+            };
+            let file = match open() {
+                // The shard's sub-folder is made on first use.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(dir) = path.parent() {
+                        crate::atomic::create_dir(dir)?;
+                    }
+                    open()
+                }
+                other => other,
+            }
+            .map_err(|e| Error::io("open lock", &path, e))?;
             let attempt = match deadline {
                 None => match file.try_lock() {
                     Ok(()) => Attempt::Locked,
@@ -415,7 +447,9 @@ mod tests {
         );
         let key = LockKey::new("captcha_stuck");
         // Another open file description: flock conflicts with it even in this process.
-        let holder = File::create(runner.path_of(&key)).expect("lock file");
+        let path = runner.path_of(&key);
+        std::fs::create_dir_all(path.parent().expect("shard folder")).expect("mkdir");
+        let holder = File::create(&path).expect("lock file");
         holder.lock().expect("hold");
         for _ in 0..(MAX_HELPERS * 3) {
             let err = runner.acquire(&key).expect_err("held");

@@ -52,6 +52,8 @@ pub struct Limits {
     pub contact_max_post: u32,
     /// Window length in seconds.
     pub window_seconds: u64,
+    /// Ceiling on stored windows (see [`RateLimiter::hit`]).
+    pub max_windows: usize,
 }
 
 /// What the decision policy says about one request.
@@ -123,16 +125,22 @@ impl RateLimiter {
         }
     }
 
-    /// The file that holds `client_key`'s window. The key is a hex digest, so it is a safe
-    /// file name; anything else is normalized the same way lock keys are.
+    /// The file that holds `client_key`'s window, in its shard (see `shard`). The key is
+    /// a hex digest, so it is a safe file name; anything else is normalized the same way
+    /// lock keys are.
     pub fn path_of(&self, client_key: &str) -> PathBuf {
         let safe = LockKey::new(client_key);
-        self.dir.join(format!("{}.toml", safe.as_str()))
+        crate::shard::path(&self.dir, safe.as_str(), ".toml")
     }
 
-    /// Counts one request of `bucket` for `client_key`, under `ratelimit_{key}`.
+    /// Counts one request of `bucket` for `client_key`, under `ratelimit_{key}`. A client
+    /// without a window first makes room for it under the ceiling (outside its own lock,
+    /// so the critical section stays short).
     pub fn hit(&self, client_key: &str, bucket: Bucket, now: u64) -> Result<Verdict> {
         let path = self.path_of(client_key);
+        if !state::exists(&path)? {
+            self.make_room(&path)?;
+        }
         let trigger = match bucket {
             Bucket::CaptchaGet => TriggerReason::CaptchaGet,
             Bucket::ContactPost => TriggerReason::ContactPost,
@@ -155,35 +163,83 @@ impl RateLimiter {
         })
     }
 
-    /// Removes windows that ended before `now`, each under its own lock, unlinking the lock
-    /// file too (the key has no state left). Busy keys are skipped. Returns how many went.
-    pub fn sweep(&self, now: u64) -> Result<usize> {
-        let mut removed = 0;
-        for path in crate::sweep::entries(&self.dir, ".toml")? {
-            let Some(key) = stem(&path) else { continue };
-            let lock = LockKey::ratelimit(&key);
-            let Some(guard) = self.locks.try_acquire(&lock)? else {
-                continue;
-            };
-            let stale = match state::read::<Window>(&path, now)? {
-                state::Loaded::Valid(w) => {
-                    now >= w.window_start.saturating_add(self.limits.window_seconds)
-                }
-                state::Loaded::Missing => false,
-                state::Loaded::Invalid(_) => true,
-            };
-            if stale {
-                crate::atomic::remove(&path)?;
-                guard.release_and_unlink()?;
-                removed += 1;
-            }
+    /// The ceiling policy: when the shard that a new window goes into already holds its
+    /// share of `max_windows`, the windows that were hit least recently are evicted
+    /// (stale ones first, since they are the oldest). An evicted client starts a fresh
+    /// window: the cost of a flood of distinct clients is paid by the flood's own oldest
+    /// entries, and the disk never fills.
+    fn make_room(&self, new: &Path) -> Result<()> {
+        let Some(dir) = new.parent() else {
+            return Ok(());
+        };
+        let mut listed = state::list(dir, ".toml")?;
+        let share = self.limits.max_windows.div_ceil(crate::shard::COUNT);
+        if listed.len() < share {
+            return Ok(());
         }
-        Ok(removed)
+        listed.sort_by_key(|l| l.modified);
+        let excess = listed.len() + 1 - share;
+        let mut evicted = 0;
+        for l in &listed {
+            if evicted == excess {
+                break;
+            }
+            let gone = self.locks.remove_if(&LockKey::ratelimit(&l.stem), || {
+                crate::atomic::remove(&l.path)?;
+                Ok(true)
+            })?;
+            evicted += usize::from(gone);
+        }
+        tracing::warn!(
+            evicted,
+            max_windows = self.limits.max_windows,
+            "rate-limit windows at their ceiling: evicted the least recently active"
+        );
+        Ok(())
     }
-}
 
-fn stem(path: &Path) -> Option<String> {
-    path.file_stem()?.to_str().map(str::to_string)
+    /// Removes windows that ended before `now` in shard `shard`, each under its own lock,
+    /// unlinking the lock file too (the key has no state left); busy keys are skipped. At
+    /// most `budget` windows are looked at (only those whose file is old enough to have
+    /// ended); returns how many went and whether the budget ran out.
+    pub fn sweep_shard(&self, shard: usize, now: u64, budget: usize) -> Result<(usize, bool)> {
+        let dir = self.dir.join(crate::shard::name(shard));
+        let mut removed = 0;
+        let mut looked = 0;
+        for l in state::list(&dir, ".toml")? {
+            // A window starts at or before its last write, so a file written within the
+            // last window length cannot have ended yet.
+            if l.modified.saturating_add(self.limits.window_seconds) > now {
+                continue;
+            }
+            if looked == budget {
+                return Ok((removed, true));
+            }
+            looked += 1;
+            let window = self.limits.window_seconds;
+            let gone = self.locks.remove_if(&LockKey::ratelimit(&l.stem), || {
+                let stale = match state::read::<Window>(&l.path, now)? {
+                    state::Loaded::Valid(w) => now >= w.window_start.saturating_add(window),
+                    state::Loaded::Missing => true,
+                    state::Loaded::Invalid(reason) => {
+                        state::reset(&l.path, &reason, TriggerReason::Sweep)?;
+                        true
+                    }
+                };
+                if stale {
+                    crate::atomic::remove(&l.path)?;
+                }
+                Ok(stale)
+            })?;
+            removed += usize::from(gone);
+        }
+        Ok((removed, false))
+    }
+
+    /// True when `client_key` has a window on disk (for the orphan-lock sweep).
+    pub fn has_window(&self, client_key: &str) -> Result<bool> {
+        state::exists(&self.path_of(client_key))
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +250,7 @@ mod tests {
         captcha_max_get: 2,
         contact_max_post: 1,
         window_seconds: 60,
+        max_windows: 1000,
     };
 
     #[test]

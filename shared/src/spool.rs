@@ -197,9 +197,9 @@ impl Spool {
 
     /// Ids in folder `f`, oldest first.
     pub fn ids(&self, f: Folder) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = crate::sweep::entries(&self.folder(f), ".toml")?
-            .iter()
-            .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        let mut ids: Vec<String> = crate::state::list(&self.folder(f), ".toml")?
+            .into_iter()
+            .map(|l| l.stem)
             .filter(|id| is_valid_id(id))
             .collect();
         ids.sort_by_key(|id| {

@@ -13,7 +13,7 @@ use crate::atomic;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Why a service runs; recorded in log lines about state changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,60 @@ pub fn read_or_reset<T: DeserializeOwned + Validate>(
             reset(path, &reason, trigger)?;
             Ok(None)
         }
+    }
+}
+
+/// One state file found by [`list`].
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its name without the suffix.
+    pub stem: String,
+    /// Last modification, as Unix seconds (0 when unknown).
+    pub modified: u64,
+}
+
+/// The state files in `dir` whose names end in `suffix`, temp files left out, with their
+/// modification times. A missing folder is empty.
+pub fn list(dir: &Path, suffix: &str) -> Result<Vec<Listed>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(suffix) else {
+            continue;
+        };
+        if name.starts_with(atomic::TEMP_PREFIX) {
+            continue;
+        }
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        out.push(Listed {
+            path: entry.path(),
+            stem: stem.to_string(),
+            modified,
+        });
+    }
+    Ok(out)
+}
+
+/// True when a file exists at `path` (no lock needed: it answers for this instant only).
+pub fn exists(path: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("look up", path, e)),
     }
 }
 

@@ -1,44 +1,35 @@
-//! Sweeping: removes what expires (CAPTCHA challenges, rate-limit windows, their lock
-//! files, and `.tmp-*` files left by killed processes). A sweep runs at most every
-//! [`INTERVAL`] seconds, triggered by a CAPTCHA request, and only one at a time (it takes
-//! the `sweep` lock without waiting). Each removal happens under the key's own lock, so a
-//! sweep never races a request. A sweep failure is logged, never shown to a visitor.
+//! Sweeping: removes what is finished (expired or used CAPTCHA challenges, ended
+//! rate-limit windows), lock files whose key has no state left (orphans: a crash between
+//! taking a lock and writing), and `.tmp-*` files left by killed processes.
+//!
+//! A visitor's request never does more than a bounded amount of this: a CAPTCHA request
+//! runs at most one *step* every [`STEP_INTERVAL`] seconds, one step visits one of the
+//! 256 shards (see `shard`) and looks at no more than [`STEP_BUDGET`] entries of each kind,
+//! and the marker `var/tmp/sweep.toml` remembers where the next step goes on. So the work
+//! per request is bounded whatever is stored, and a full pass takes 256 steps. The operator
+//! command `tokens sweep` runs a full sweep at once. Only one sweep or step runs at a time
+//! (the `sweep` lock, taken without waiting), each removal happens under the key's own
+//! lock, and a sweep failure is logged, never shown to a visitor.
 
 use crate::app::App;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lock::LockKey;
 use crate::state::{self, Validate};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// Seconds between sweeps.
-pub const INTERVAL: u64 = 300;
+/// Seconds between two sweep steps run by visitors' requests.
+pub const STEP_INTERVAL: u64 = 1;
+
+/// Entries of each kind a step looks at, at most.
+pub const STEP_BUDGET: usize = 64;
 
 /// Temp files older than this belong to a dead process.
 const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// Files in `dir` ending in `suffix`, without temp files. A missing folder is empty.
-pub fn entries(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.ends_with(suffix) && !name.starts_with(crate::atomic::TEMP_PREFIX) {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
-}
-
 /// Removes `.tmp-*` files older than an hour from `dir`.
-pub fn remove_old_temps(dir: &Path) -> Result<usize> {
+fn remove_old_temps(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Ok(0);
@@ -65,65 +56,171 @@ pub fn remove_old_temps(dir: &Path) -> Result<usize> {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Marker {
-    last_sweep: u64,
+    /// When the last step ran.
+    last_step: u64,
+    /// The shard the next step visits.
+    next_shard: usize,
 }
 
 impl Validate for Marker {
     fn validate(&self, now: u64) -> std::result::Result<(), String> {
-        if self.last_sweep > now + state::CLOCK_SLACK {
-            return Err("last_sweep lies in the future".into());
+        if self.last_step > now + state::CLOCK_SLACK {
+            return Err("last_step lies in the future".into());
+        }
+        if self.next_shard >= crate::shard::COUNT {
+            return Err(format!("next_shard {} is not a shard", self.next_shard));
         }
         Ok(())
     }
 }
 
-/// What one sweep removed.
+/// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Expired challenges.
+    /// Finished challenges.
     pub challenges: usize,
-    /// Stale rate-limit windows.
+    /// Ended rate-limit windows.
     pub windows: usize,
+    /// Lock files without state.
+    pub locks: usize,
     /// Old temp files.
     pub temps: usize,
 }
 
-/// Sweeps now, unconditionally (but never twice at once). `None`: another sweep runs.
+impl Swept {
+    fn add(&mut self, o: Swept) {
+        self.challenges += o.challenges;
+        self.windows += o.windows;
+        self.locks += o.locks;
+        self.temps += o.temps;
+    }
+}
+
+/// Removes lock files in lock shard `shard` whose CAPTCHA challenge or rate-limit window
+/// is gone, each while holding it. Other keys (tokens, spool, sweep) are left alone: their
+/// lock files are few and permanent. Returns how many went and whether the budget ran out.
+fn sweep_orphan_locks(app: &App, shard: usize, budget: usize) -> Result<(usize, bool)> {
+    let dir = app.locks.dir().join(crate::shard::name(shard));
+    let mut removed = 0;
+    let mut looked = 0;
+    for l in state::list(&dir, ".lock")? {
+        let has_state = |stem: &str| -> Result<Option<bool>> {
+            if let Some(id) = stem.strip_prefix("captcha_") {
+                app.captcha.has_challenge(id).map(Some)
+            } else if let Some(key) = stem.strip_prefix("ratelimit_") {
+                app.limiter.has_window(key).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        if has_state(&l.stem)? != Some(false) {
+            continue;
+        }
+        if looked == budget {
+            return Ok((removed, true));
+        }
+        looked += 1;
+        let gone = app.locks.remove_if(&LockKey::new(&l.stem), || {
+            Ok(has_state(&l.stem)? == Some(false))
+        })?;
+        removed += usize::from(gone);
+    }
+    Ok((removed, false))
+}
+
+/// One step over shard `shard`: at most `budget` entries of each kind. Returns what went
+/// and whether anything was left over for lack of budget.
+fn step(app: &App, shard: usize, now: u64, budget: usize) -> Result<(Swept, bool)> {
+    let (challenges, more_c) = app.captcha.sweep_shard(shard, now, budget)?;
+    let (windows, more_w) = app.limiter.sweep_shard(shard, now, budget)?;
+    let (locks, more_l) = sweep_orphan_locks(app, shard, budget)?;
+    let name = crate::shard::name(shard);
+    let mut temps = 0;
+    for dir in [
+        app.layout.captcha_dir(),
+        app.layout.ratelimit_dir(),
+        app.layout.lock_dir(),
+    ] {
+        temps += remove_old_temps(&dir.join(&name))?;
+    }
+    if shard == 0 {
+        for dir in app.layout.state_dirs() {
+            temps += remove_old_temps(&dir)?;
+        }
+    }
+    let swept = Swept {
+        challenges,
+        windows,
+        locks,
+        temps,
+    };
+    Ok((swept, more_c || more_w || more_l))
+}
+
+/// Sweeps everything now (the operator's `tokens sweep`), but never twice at once.
+/// `None`: another sweep runs.
 pub fn run(app: &App, now: u64) -> Result<Option<Swept>> {
     let Some(_guard) = app.locks.try_acquire(&LockKey::sweep())? else {
         return Ok(None);
     };
-    let marker = app.layout.tmp_dir().join("sweep.toml");
-    state::write_with(
-        &marker,
-        &Marker { last_sweep: now },
-        state::Durability::Ephemeral,
-    )?;
-    let mut swept = Swept {
-        challenges: app.captcha.sweep(now)?,
-        windows: app.limiter.sweep(now)?,
-        temps: 0,
-    };
-    for dir in app.layout.state_dirs() {
-        swept.temps += remove_old_temps(&dir)?;
+    let mut swept = Swept::default();
+    for shard in 0..crate::shard::COUNT {
+        swept.add(step(app, shard, now, usize::MAX)?.0);
     }
     tracing::info!(?swept, "sweep done");
     Ok(Some(swept))
 }
 
-/// Sweeps if the last sweep is older than [`INTERVAL`]; errors are logged and swallowed,
-/// because a visitor's request must not fail over housekeeping.
+/// Runs one bounded step when the last one is older than [`STEP_INTERVAL`]; errors are
+/// logged and swallowed, because a visitor's request must not fail over housekeeping.
 pub fn maybe_run(app: &App, now: u64) {
     let marker = app.layout.tmp_dir().join("sweep.toml");
-    let due = match state::read::<Marker>(&marker, now) {
-        Ok(state::Loaded::Valid(m)) => now >= m.last_sweep + INTERVAL,
-        Ok(_) => true,
+    let due = |m: &state::Loaded<Marker>| match m {
+        state::Loaded::Valid(m) => now >= m.last_step + STEP_INTERVAL,
+        _ => true,
+    };
+    match state::read::<Marker>(&marker, now) {
+        Ok(m) if due(&m) => {}
+        Ok(_) => return,
         Err(e) => {
             tracing::warn!(error = %e, "sweep marker unreadable");
             return;
         }
-    };
-    if due && let Err(e) = run(app, now) {
-        tracing::warn!(error = %e, "sweep failed");
+    }
+    let result = (|| -> Result<()> {
+        let Some(_guard) = app.locks.try_acquire(&LockKey::sweep())? else {
+            return Ok(());
+        };
+        // Read again under the lock: another request may have just stepped.
+        let current = state::read::<Marker>(&marker, now)?;
+        if !due(&current) {
+            return Ok(());
+        }
+        let shard = match current {
+            state::Loaded::Valid(m) => m.next_shard,
+            _ => 0,
+        };
+        let (swept, more) = step(app, shard, now, STEP_BUDGET)?;
+        // A shard with more left than one step's budget is visited again next time.
+        let next_shard = if more {
+            shard
+        } else {
+            (shard + 1) % crate::shard::COUNT
+        };
+        state::write_with(
+            &marker,
+            &Marker {
+                last_step: now,
+                next_shard,
+            },
+            state::Durability::Ephemeral,
+        )?;
+        if swept != Swept::default() {
+            tracing::debug!(shard, ?swept, "sweep step");
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sweep step failed");
     }
 }

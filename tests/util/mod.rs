@@ -192,8 +192,7 @@ impl Site {
     /// The stored rate-limit counter `field` (`captcha_get`, `contact_post`) of client
     /// `addr`, or `None` when that client has no window.
     pub fn stored_count(&self, addr: &str, field: &str) -> Option<u64> {
-        let key = client_key(addr);
-        let text = std::fs::read_to_string(self.var(&format!("tmp/ratelimit/{key}.toml"))).ok()?;
+        let text = std::fs::read_to_string(self.window_path(addr)).ok()?;
         let v: toml::Table = toml::from_str(&text).expect("valid window");
         v[field].as_integer().map(|n| n as u64)
     }
@@ -215,6 +214,32 @@ impl Site {
         self.cgi("contact", "POST")
             .captcha_cookie(id)
             .form(&good_form(answer))
+    }
+
+    /// Where client `addr`'s rate-limit window is stored (in its shard, see
+    /// `formwarden::shard`).
+    pub fn window_path(&self, addr: &str) -> PathBuf {
+        formwarden::shard::path(&self.var("tmp/ratelimit"), &client_key(addr), ".toml")
+    }
+
+    /// Where challenge `id` is stored.
+    pub fn challenge_path(&self, id: &str) -> PathBuf {
+        formwarden::shard::path(&self.var("tmp/captcha"), id, ".toml")
+    }
+
+    /// Names of the files in a sharded folder under `var/` (`lock`, `tmp/captcha`,
+    /// `tmp/ratelimit`): every shard's files together, sorted, temp files included.
+    pub fn files(&self, rel: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tree()
+            .into_iter()
+            .filter_map(|p| {
+                let rest = p.strip_prefix(rel)?.strip_prefix('/')?;
+                Some(rest.rsplit('/').next().unwrap_or(rest).to_string())
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// Holds lock `key` from this test process, the way another request would, by the
