@@ -2,9 +2,16 @@
 figure is start-up plus work) against /bin/true, peak memory, and lock contention in
 64-process bursts on one key (how many timed out, how long the slowest waited).
 
-Usage: python3 scripts/bench.py BIN_DIR [--runs N] [--bursts N]
+Then (issue 7): sustained pressure on one client key (64 workers x 5 requests) for
+CAPTCHA GET and contact POST against a dependency-free floor program (scripts/floor.c:
+flock + read + temp + rename, 25 ms polling) and another client's requests during the
+flood; 32 concurrent rotations of one token profile; each quiet and again beside two
+CPU-bound busy loops. And the slowest of 1,000 CAPTCHA requests with 100,000 stored
+rate-limit windows, against the median.
+
+Usage: python3 scripts/bench.py BIN_DIR [--runs N] [--bursts N] [--only cgi,bursts,sustained,floods]
 """
-import argparse, collections, os, re, resource, subprocess, tempfile, time, urllib.parse
+import argparse, collections, os, re, resource, secrets, subprocess, tempfile, threading, time, urllib.parse
 
 SALT = "b3nchS4lt-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -53,10 +60,31 @@ def main():
     ap.add_argument("bindir")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--bursts", type=int, default=5)
+    ap.add_argument("--only", default="cgi,bursts,sustained,floods")
     a = ap.parse_args()
     b = lambda name: os.path.join(a.bindir, name)
+    only = set(a.only.split(","))
     root = site()
+    if "cgi" in only:
+        per_request(a, b, root)
+    if "bursts" in only:
+        bursts(a, b)
+    if "sustained" in only:
+        print("\nsustained pressure (issue 7, item 8), quiet machine:")
+        sustained(a, b)
+        print("\nthe same beside two CPU-bound busy loops:")
+        loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
+        try:
+            sustained(a, b)
+        finally:
+            for p in loops:
+                p.kill()
+                p.wait()
+    if "floods" in only:
+        floods(a, b)
 
+
+def per_request(a, b, root):
     first, err = run([b("captcha")], cgi_env(root))
     if not first.startswith(b"Status: 200"):
         raise SystemExit(f"captcha does not answer 200; fix the set-up first: {err.decode()}")
@@ -81,6 +109,8 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(f"  peak resident memory of any child: {peak / 1024:.1f} MiB")
 
+
+def bursts(a, b):
     print(f"\nlock contention: {a.bursts} bursts of 64 processes started at once on ONE key (wait bound 300 ms):")
     for label, cmd, envf, key in [
         ("captcha GET, limit 40", [b("captcha")], lambda r: cgi_env(r, FORMWARDEN_LOG="debug"), "ratelimit_"),
@@ -111,6 +141,110 @@ def main():
         med = holds[len(holds) // 2] / 1000 if holds else 0
         print(f"  {label:<22} ok {totals['ok']:4}  429 {totals['limited']:4}  lock timeouts {totals['timeout']:3} of {64 * a.bursts}"
               f"   longest wait {worst / 1000:6.1f} ms   median hold {med:5.2f} ms")
+
+
+def post_env(b, root, addr):
+    """A solved contact POST for client addr (the CAPTCHA is fetched from another address,
+    so that only the POST counts against addr's budget)."""
+    c, ans = answer_of(run([b("captcha")], cgi_env(root, addr="198.18.0.1"))[0])
+    body = urllib.parse.urlencode(dict(name="Bench", email="b@example.net", subject="s", message="m", captcha=ans)).encode()
+    env = cgi_env(root, "POST", addr=addr, CONTENT_TYPE="application/x-www-form-urlencoded",
+                  CONTENT_LENGTH=str(len(body)), HTTP_COOKIE=f"fw_captcha={c}")
+    return env, body
+
+
+def flood(workers, each, job):
+    """workers threads, each running job() each times; returns the results."""
+    results, lock = [], threading.Lock()
+    start = threading.Barrier(workers)
+
+    def worker():
+        start.wait()
+        for _ in range(each):
+            r = job()
+            with lock:
+                results.append(r)
+
+    ts = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results
+
+
+def sustained(a, b, workers=64, each=5):
+    n = workers * each
+    # CAPTCHA GET on one client key, with another client's requests beside the flood.
+    root = site()
+    other = []
+    stop = threading.Event()
+
+    def bystander():
+        while not stop.is_set():
+            _, err = run([b("captcha")], cgi_env(root, addr="192.0.2.200"))
+            other.append(b"Lock-Timeout" in err)
+
+    t = threading.Thread(target=bystander)
+    t.start()
+    res = flood(workers, each, lambda: b"Lock-Timeout" in run([b("captcha")], cgi_env(root, addr="192.0.2.100"))[1])
+    stop.set()
+    t.join()
+    print(f"  captcha GET, one key        lock timeouts {sum(res):3} of {n}   "
+          f"(another client meanwhile: {sum(other)} of {len(other)})")
+    # Contact POST on one client key (each with its own solved challenge).
+    root = site()
+    envs = [post_env(b, root, "192.0.2.101") for _ in range(n)]
+    it, itl = iter(envs), threading.Lock()
+
+    def post():
+        with itl:
+            env, body = next(it)
+        out, err = run([b("contact")], env, body)
+        return b"Lock-Timeout" in err
+    res = flood(workers, each, post)
+    print(f"  contact POST, one key       lock timeouts {sum(res):3} of {n}")
+    # The floor program on one lock file, without and with fsync.
+    floor = os.path.join(a.bindir, "..", "floor")
+    for sync in (False, True):
+        d = tempfile.mkdtemp(prefix="fw-floor-")
+        args = [floor, d] + (["fsync"] if sync else [])
+        res = flood(workers, each, lambda: subprocess.run(args).returncode == 3)
+        print(f"  floor probe{' + fsync' if sync else '        '}         lock timeouts {sum(res):3} of {n}")
+    # 32 rotations of one token profile at once (durable writes).
+    root = site()
+    ps = [subprocess.Popen([b("tokens"), "rotate", "deploy"], env=dict(FORMWARDEN_ROOT=root),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(32)]
+    timeouts = sum(b"Lock-Timeout" in p.communicate()[1] for p in ps)
+    listed = run([b("tokens"), "list", "deploy"], dict(FORMWARDEN_ROOT=root))[0].decode()
+    print(f"  32 rotations of one profile lock timeouts {timeouts:3} of 32   "
+          f"(tokens kept: {sum(1 for l in listed.splitlines() if l.strip())})")
+
+
+def floods(a, b, stored=100_000, requests=1000):
+    print(f"\n{requests} CAPTCHA GETs from new clients with {stored:,} stored rate-limit windows (issue 7, item 7):")
+    root = site(captcha_max_get=1000)
+    base = os.path.join(root, "var/tmp/ratelimit")
+    import hashlib
+    now = int(time.time())
+    for i in range(stored):
+        key = secrets.token_hex(32)
+        shard = hashlib.sha256(key.encode()).hexdigest()[:2]
+        os.makedirs(os.path.join(base, shard), exist_ok=True)
+        with open(os.path.join(base, shard, key + ".toml"), "w") as f:
+            f.write(f"window_start = {now}\ncaptcha_get = 1\ncontact_post = 0\n")
+    times = []
+    for i in range(requests):
+        t = time.perf_counter()
+        out, err = run([b("captcha")], cgi_env(root, addr=f"2001:db8:{i // 256:x}:{i % 256:x}::1"))
+        times.append((time.perf_counter() - t) * 1000)
+        if not out.startswith(b"Status: 200"):
+            raise SystemExit(f"unexpected: {out[:100]!r} {err[:300]!r}")
+    times.sort()
+    left = sum(len(fs) for _, _, fs in os.walk(base))
+    print(f"  median {times[len(times) // 2]:.2f} ms   p99 {times[int(len(times) * 0.99)]:.2f} ms   "
+          f"slowest {times[-1]:.2f} ms   ({times[-1] / times[len(times) // 2]:.1f}x the median); "
+          f"windows stored afterwards: {left:,}")
 
 
 if __name__ == "__main__":
