@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::lock::{LockKey, LockRunner};
-use crate::state::{self, Durability, TriggerReason, Validate};
+use crate::state::{self, TriggerReason, Validate};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -145,22 +145,28 @@ impl RateLimiter {
             Bucket::CaptchaGet => TriggerReason::CaptchaGet,
             Bucket::ContactPost => TriggerReason::ContactPost,
         };
-        self.locks.run(&LockKey::ratelimit(client_key), || {
+        // The temp file is made before the lock is taken; only a refused request drops it
+        // unused (after the lock is released).
+        let staged = crate::atomic::stage(&path)?;
+        let (verdict, unused) = self.locks.run(&LockKey::ratelimit(client_key), || {
             let current = state::read_or_reset::<Window>(&path, now, trigger)?;
             match decide(current.as_ref(), bucket, &self.limits, now) {
-                ActionPlan::Refuse { retry_after } => Ok(Verdict::Limited { retry_after }),
+                ActionPlan::Refuse { retry_after } => {
+                    Ok((Verdict::Limited { retry_after }, Some(staged)))
+                }
                 ActionPlan::Admit(w) => {
-                    state::write_with(&path, &w, Durability::Ephemeral)?;
+                    state::commit_staged(staged, &path, &w)?;
                     let (used, max) = match bucket {
                         Bucket::CaptchaGet => (w.captcha_get, self.limits.captcha_max_get),
                         Bucket::ContactPost => (w.contact_post, self.limits.contact_max_post),
                     };
-                    Ok(Verdict::Admitted {
-                        remaining: max.saturating_sub(used),
-                    })
+                    let remaining = max.saturating_sub(used);
+                    Ok((Verdict::Admitted { remaining }, None))
                 }
             }
-        })
+        })?;
+        drop(unused);
+        Ok(verdict)
     }
 
     /// The ceiling policy: when the shard that a new window goes into already holds its

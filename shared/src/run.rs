@@ -113,6 +113,24 @@ fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
     }
 }
 
+/// True in a process that serves exactly one request (CGI), false under FastCGI.
+static ONE_REQUEST: AtomicBool = AtomicBool::new(false);
+
+/// Called by an endpoint once its request takes no lock that another request may wait on
+/// any more (what is left is rendering an image or a page): a CGI process then lowers its
+/// own CPU priority, so that under a burst the processes that hold or want locks get the
+/// CPU first and a lock holder is not pushed off the CPU by someone's PNG rendering. The
+/// answer of this request is at most a little later. Under FastCGI it does nothing: the
+/// priority of a worker thread could not be raised again for its next request.
+pub fn done_with_locks() {
+    if ONE_REQUEST.swap(false, Ordering::Relaxed) {
+        // SAFETY: nice(2) changes only this process's scheduling priority.
+        unsafe {
+            libc::nice(10);
+        }
+    }
+}
+
 /// An endpoint: request in, response out.
 pub type Handler = fn(Request, &mut dyn Read) -> Response;
 
@@ -133,6 +151,7 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
         };
     }
     let req = Request::from_process_env();
+    ONE_REQUEST.store(true, Ordering::Relaxed);
     let deadline = crate::deadline::begin();
     let answered = Arc::new(AtomicBool::new(false));
     cgi_watchdog(&deadline, Arc::clone(&answered));

@@ -11,9 +11,11 @@
 
 use crate::atomic;
 use crate::error::{Error, Result};
+use crate::lock::{LockKey, LockRunner};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Why a service runs; recorded in log lines about state changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,22 +53,90 @@ pub enum Loaded<T> {
 
 /// Reads and validates the state file at `path`.
 pub fn read<T: DeserializeOwned + Validate>(path: &Path, now: u64) -> Result<Loaded<T>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
-        Err(e) => return Err(Error::io("read", path, e)),
+    Ok(match read_raw(path)? {
+        None => Loaded::Missing,
+        Some(bytes) => parse(&bytes, now),
+    })
+}
+
+/// The bytes of the state file at `path`; `None` when there is none.
+fn read_raw(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Parses and validates state read from a file.
+fn parse<T: DeserializeOwned + Validate>(bytes: &[u8], now: u64) -> Loaded<T> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Loaded::Invalid("not UTF-8".into());
     };
-    let text = match String::from_utf8(text) {
-        Ok(t) => t,
-        Err(_) => return Ok(Loaded::Invalid("not UTF-8".into())),
-    };
-    let value: T = match toml::from_str(&text) {
+    let value: T = match toml::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Ok(Loaded::Invalid(format!("unparsable: {}", e.message()))),
+        Err(e) => return Loaded::Invalid(format!("unparsable: {}", e.message())),
     };
-    Ok(match value.validate(now) {
+    match value.validate(now) {
         Ok(()) => Loaded::Valid(value),
         Err(reason) => Loaded::Invalid(reason),
+    }
+}
+
+/// Rounds of [`update_durable`]'s optimistic path before it does the update under the lock.
+const OPTIMISTIC_ROUNDS: usize = 64;
+
+/// A durable read-modify-write of `path` under `key` that keeps the fsync out of the
+/// critical section: read the state without the lock, compute `change`, write and fsync
+/// the new version into a temp file, then take the lock, check that the file is still
+/// byte for byte what was read, and only rename. If another writer came first, the round
+/// starts over from its result (nothing is lost: every round builds on what is on disk).
+/// After [`OPTIMISTIC_ROUNDS`] rounds, with too little of the request's time left, or when
+/// the state needs a reset, the whole update runs under the lock as before. Returns the
+/// value written.
+pub fn update_durable<T>(
+    path: &Path,
+    locks: &LockRunner,
+    key: &LockKey,
+    now: u64,
+    trigger: TriggerReason,
+    change: impl Fn(&T) -> T,
+) -> Result<T>
+where
+    T: Serialize + DeserializeOwned + Validate + Default,
+{
+    for _ in 0..OPTIMISTIC_ROUNDS {
+        if crate::deadline::remaining().is_some_and(|left| left < Duration::from_secs(2)) {
+            break;
+        }
+        let snapshot = read_raw(path)?;
+        let current = match &snapshot {
+            None => T::default(),
+            Some(bytes) => match parse::<T>(bytes, now) {
+                Loaded::Valid(v) => v,
+                // Resetting is a write: the locked path does it, with its log line.
+                _ => break,
+            },
+        };
+        let next = change(&current);
+        let prepared = atomic::prepare(path, to_text(path, &next)?.as_bytes())?;
+        let committed = locks.run(key, || {
+            if read_raw(path)? == snapshot {
+                prepared.commit()?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })?;
+        if committed {
+            return Ok(next);
+        }
+    }
+    locks.run(key, || {
+        let current = read_or_reset::<T>(path, now, trigger)?.unwrap_or_default();
+        let next = change(&current);
+        write(path, &next)?;
+        Ok(next)
     })
 }
 
@@ -100,6 +170,12 @@ pub fn create<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Serializes `value` and writes it atomically and durably to `path`.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_with(path, value, Durability::Durable)
+}
+
+/// Serializes `value` into a staged temp file (see `atomic::Staged`) and renames it into
+/// place: an ephemeral write whose file creation happened before the lock.
+pub fn commit_staged<T: Serialize>(staged: atomic::Staged, path: &Path, value: &T) -> Result<()> {
+    staged.commit(to_text(path, value)?.as_bytes())
 }
 
 /// Serializes `value` and writes it atomically to `path` with the given durability.

@@ -210,17 +210,20 @@ impl TokenService {
             created_at: now,
             expires_at,
         };
-        self.locks.run(&LockKey::token(profile), || {
-            let current = self.load(&path, now, TriggerReason::TokenRotate)?;
-            let next = decide_rotation(&current, fresh, settings, now);
-            state::write(&path, &next)?;
-            tracing::info!(profile, id = %id, rotation = next.rotations, "token rotated");
-            Ok(Issued {
-                id: id.clone(),
-                secret: secret.clone(),
-                expires_at,
-                rotation: next.rotations,
-            })
+        let next = state::update_durable(
+            &path,
+            &self.locks,
+            &LockKey::token(profile),
+            now,
+            TriggerReason::TokenRotate,
+            |current: &TokenList| decide_rotation(current, fresh.clone(), settings, now),
+        )?;
+        tracing::info!(profile, id = %id, rotation = next.rotations, "token rotated");
+        Ok(Issued {
+            id,
+            secret,
+            expires_at,
+            rotation: next.rotations,
         })
     }
 
