@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--bursts", type=int, default=5)
     ap.add_argument("--only", default="cgi,bursts,sustained,floods")
+    ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     b = lambda name: os.path.join(a.bindir, name)
     only = set(a.only.split(","))
@@ -70,16 +71,19 @@ def main():
     if "bursts" in only:
         bursts(a, b)
     if "sustained" in only:
-        print("\nsustained pressure (issue 7, item 8), quiet machine:")
-        sustained(a, b)
-        print("\nthe same beside two CPU-bound busy loops:")
-        loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
-        try:
+        # Rounds alternate between quiet and loaded, and inside a round formwarden and the
+        # floor probe run back to back, so that noise from the shared machine hits both.
+        for r in range(a.rounds):
+            print(f"\nsustained pressure (issue 7, item 8), round {r + 1}, nothing else started:")
             sustained(a, b)
-        finally:
-            for p in loops:
-                p.kill()
-                p.wait()
+            print(f"\nround {r + 1} beside two CPU-bound busy loops:")
+            loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
+            try:
+                sustained(a, b)
+            finally:
+                for p in loops:
+                    p.kill()
+                    p.wait()
     if "floods" in only:
         floods(a, b)
 

@@ -308,17 +308,107 @@ enum WaitState {
 ///
 /// Fixed-period polling is unfair: a waiter sleeps through the moment the lock comes free
 /// while a newcomer takes it, and under bursts waiters time out although the lock was free
-/// most of the time. So a contended wait blocks in `flock(2)` on a helper thread, where the
-/// kernel wakes it the moment the holder releases, and this thread waits on a condition
-/// variable with the deadline. On timeout the helper is told to give the lock back as soon as
-/// it gets it. Only if no thread can be started do we fall back to polling with short,
-/// growing sleeps capped at `poll`.
+/// most of the time. So a contended wait blocks in `flock(2)`, where the kernel hands the
+/// lock over the moment the holder releases: on this thread, cut off at the deadline by a
+/// timer signal ([`timed_block`]). Without a timer it blocks on a helper thread while this
+/// thread waits on a condition variable with the deadline; on timeout the helper gives the
+/// lock back as soon as it gets it. Only if no thread can be started (or too many helpers
+/// already wait) do we fall back to polling with short, growing sleeps capped at `poll`.
 fn lock_until(file: &File, deadline: Instant, poll: Duration) -> std::io::Result<Attempt> {
     match file.try_lock() {
         Ok(()) => return Ok(Attempt::Locked),
         Err(TryLockError::WouldBlock) => {}
         Err(TryLockError::Error(e)) => return Err(e),
     }
+    if let Some(attempt) = timed_block(file, deadline) {
+        return attempt;
+    }
+    lock_on_helper(file, deadline, poll)
+}
+
+/// The real-time signal that cuts a blocking `flock(2)` short at its deadline. Its handler
+/// does nothing; what matters is that it is installed without `SA_RESTART`, so the
+/// blocked call returns `EINTR`.
+fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 7
+}
+
+/// Installs the no-op handler of [`wake_signal`] once per process; false if that failed.
+fn wake_handler_installed() -> bool {
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        extern "C" fn wake(_: libc::c_int) {}
+        // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (empty).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = wake as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(wake_signal(), &sa, std::ptr::null_mut()) == 0
+        }
+    })
+}
+
+/// Blocks in `flock(2)` on this very thread, cut short at `deadline` by a one-shot timer
+/// that signals this thread only (`SIGEV_THREAD_ID`). The kernel hands a released lock to
+/// the next blocked waiter directly, and the waiter that gets it runs on at once: no helper
+/// thread has to be scheduled first and then wake the requester, a hop that under CPU
+/// pressure costs a scheduling round each time the lock changes hands. `None` when the
+/// timer cannot be set up (then the helper thread does the wait).
+fn timed_block(file: &File, deadline: Instant) -> Option<std::io::Result<Attempt>> {
+    use std::os::fd::AsRawFd;
+    if !wake_handler_installed() {
+        return None;
+    }
+    // SAFETY: plain system calls on values we own; the timer is deleted before returning.
+    unsafe {
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = wake_signal();
+        ev.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::c_int;
+        let mut timer: libc::timer_t = std::mem::zeroed();
+        if libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) != 0 {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        // It repeats every 5 ms after the deadline: should the first signal land just
+        // before flock(2) starts blocking, the next one still ends the wait.
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 5_000_000,
+            },
+            it_value: libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                // At least 1 ns: an all-zero value would disarm instead of arm.
+                tv_nsec: libc::c_long::from(left.subsec_nanos().max(1)),
+            },
+        };
+        if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
+            libc::timer_delete(timer);
+            return None;
+        }
+        let fd = file.as_raw_fd();
+        let outcome = loop {
+            if libc::flock(fd, libc::LOCK_EX) == 0 {
+                break Ok(Attempt::Locked);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                break Err(e);
+            }
+            // Our timer, or another signal before the deadline: then block again.
+            if Instant::now() >= deadline {
+                break Ok(Attempt::TimedOut);
+            }
+        };
+        libc::timer_delete(timer);
+        Some(outcome)
+    }
+}
+
+/// The wait on a helper thread, for when no timer can be had (see [`lock_until`]).
+fn lock_on_helper(file: &File, deadline: Instant, poll: Duration) -> std::io::Result<Attempt> {
     if HELPERS.fetch_add(1, Ordering::SeqCst) >= MAX_HELPERS {
         HELPERS.fetch_sub(1, Ordering::SeqCst);
         return poll_until(file, deadline, poll);
@@ -440,30 +530,48 @@ mod tests {
     #[test]
     fn helper_threads_are_capped_under_a_holder_that_never_releases() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runner = LockRunner::new(
-            dir.path(),
-            Duration::from_millis(5),
-            Duration::from_millis(2),
-        );
-        let key = LockKey::new("captcha_stuck");
+        let path = dir.path().join("stuck.lock");
         // Another open file description: flock conflicts with it even in this process.
-        let path = runner.path_of(&key);
-        std::fs::create_dir_all(path.parent().expect("shard folder")).expect("mkdir");
         let holder = File::create(&path).expect("lock file");
         holder.lock().expect("hold");
+        let waiter = File::open(&path).expect("open");
         for _ in 0..(MAX_HELPERS * 3) {
-            let err = runner.acquire(&key).expect_err("held");
-            assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+            let deadline = Instant::now() + Duration::from_millis(5);
+            let r = lock_on_helper(&waiter, deadline, Duration::from_millis(2));
+            assert!(matches!(r, Ok(Attempt::TimedOut)));
             assert!(helpers_alive() <= MAX_HELPERS, "{}", helpers_alive());
         }
-        assert!(helpers_alive() >= 1, "contended waits used helpers");
+        assert!(helpers_alive() >= 1, "the waits used helpers");
         holder.unlock().expect("release");
         let t = Instant::now();
         while helpers_alive() > 0 && t.elapsed() < Duration::from_secs(10) {
             thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(helpers_alive(), 0, "every helper ended after the release");
-        assert!(runner.acquire(&key).is_ok());
+    }
+
+    /// The wait on this thread (timer-cut `flock`): times out at its bound with a holder
+    /// that never releases, and gets the lock once the holder lets go, leaving no thread.
+    #[test]
+    fn a_timed_blocking_wait_ends_at_its_deadline_and_takes_a_released_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("held.lock");
+        let holder = File::create(&path).expect("lock file");
+        holder.lock().expect("hold");
+        let waiter = File::open(&path).expect("open");
+        for ms in [0, 1, 30] {
+            let t = Instant::now();
+            let r = timed_block(&waiter, t + Duration::from_millis(ms)).expect("a timer");
+            assert!(matches!(r, Ok(Attempt::TimedOut)));
+            assert!(t.elapsed() >= Duration::from_millis(ms));
+        }
+        let h = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            holder.unlock().expect("release");
+        });
+        let r = timed_block(&waiter, Instant::now() + Duration::from_secs(5)).expect("a timer");
+        assert!(matches!(r, Ok(Attempt::Locked)));
+        h.join().expect("join");
     }
 
     #[test]
