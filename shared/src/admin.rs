@@ -97,7 +97,9 @@ pub fn tokens_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> 
 }
 
 const SPOOL_USAGE: &str = "usage: spool retry | list [new|failed|sent] | show ID | requeue ID|all
-  retry    deliver every due message in var/spool/new (run it from cron, e.g. every 5 minutes)
+  retry    deliver every due message in var/spool/new (run it from cron, e.g. every 5 minutes);
+           prints a summary only when it delivered, deferred or gave up a message
+           (--verbose: always); exit 1 when messages were deferred or given up
   list     messages in a folder with attempts and last error (default: new)
   show     one message as stored
   requeue  move a failed message (or all) back to new/ with fresh attempt counters";
@@ -115,14 +117,21 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
     };
     run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
         Some(match (arg(0), arg(1)) {
-            (Some("retry"), None) => crate::delivery::retry(app, t).map(|r| {
-                let _ = writeln!(
-                    out,
-                    "delivered {} deferred {} failed {} busy {} waiting {}",
-                    r.delivered, r.deferred, r.failed, r.busy, r.waiting
-                );
-                if r.deferred + r.failed > 0 { 1 } else { 0 }
-            }),
+            (Some("retry"), verbose @ (None | Some("--verbose"))) => {
+                crate::delivery::retry(app, t).map(|r| {
+                    // Quiet unless something happened: cron mails whatever is printed, and
+                    // a line every five minutes saying "nothing to do" buries the one that
+                    // matters.
+                    if verbose.is_some() || r.delivered + r.deferred + r.failed > 0 {
+                        let _ = writeln!(
+                            out,
+                            "delivered {} deferred {} failed {} busy {} waiting {}",
+                            r.delivered, r.deferred, r.failed, r.busy, r.waiting
+                        );
+                    }
+                    if r.deferred + r.failed > 0 { 1 } else { 0 }
+                })
+            }
             (Some("list"), f) => {
                 let f = folder(f)?;
                 app.spool.ids(f).and_then(|ids| {

@@ -95,7 +95,10 @@ pub fn build(config: &MailConfig, msg: &spool::Message) -> Result<Message, SendE
         "Name: {}\nE-mail: {}\nSubject: {}\nSpool id: {}\n\n{}\n",
         msg.name, msg.email, msg.subject, msg.id, msg.message
     );
-    b.header(ContentType::TEXT_PLAIN)
+    // lettre adds MIME-Version only to multipart or single-part builders; a plain body
+    // needs it said, or some clients do not trust the charset (RFC 2045, section 4).
+    b.header(lettre::message::header::MIME_VERSION_1_0)
+        .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| bad("message", e.to_string()))
 }
@@ -303,6 +306,7 @@ mod tests {
         assert!(text.contains("Subject: [Contact] Hi\r\n"));
         assert!(text.contains("Message-ID: <1-0123456789abcdef.formwarden@example.org>\r\n"));
         assert!(text.contains("Date: "));
+        assert!(text.contains("MIME-Version: 1.0\r\n"), "{text}");
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub fn init_logging(program: &str) {
     let level = std::env::var(LOG_ENV)
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
+        // Warnings and errors only by default: under CGI every line lands in the host's
+        // error log (Apache prefixes each with "AH01215: stderr from …"), and cron mails
+        // whatever a command prints. FORMWARDEN_LOG=info or debug shows more.
+        .unwrap_or(tracing::Level::WARN);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
