@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --features test-hooks --bins --target-dir target/hooks
 # The dependency-free floor probe the contention figures are compared with.
 cc -O2 -o target/hooks/floor scripts/floor.c
-exec python3 scripts/bench.py target/hooks/release "$@"
+# Not exec: the peak-memory figure (RUSAGE_CHILDREN) would otherwise include the build.
+python3 scripts/bench.py target/hooks/release "$@"
