@@ -7,4 +7,5 @@ bash scripts/install-test-deps.sh
 # The release-profile build that tests/release_profile.rs runs (with the test hooks, in a
 # target folder of its own so that it is never taken for a build to deploy).
 cargo build --release --locked --features test-hooks --bins --target-dir target/hooks
+export FORMWARDEN_RELEASE_BINS="$PWD/target/hooks/release"
 cargo test --workspace --locked --features test-hooks

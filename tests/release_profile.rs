@@ -16,11 +16,16 @@ use std::time::Duration;
 /// The release-profile build of executable `name` (with the test hooks, which only add
 /// answers and a panic switch the suite needs), in a target folder of its own
 /// (`target/hooks/`), so that it is never mistaken for a build to deploy.
-/// scripts/test.sh builds it before the suite runs; when a developer runs `cargo test`
-/// alone, the first call builds it here.
+/// scripts/test.sh builds it before the suite runs and names its folder in
+/// `FORMWARDEN_RELEASE_BINS` (a cargo started from inside the test would rebuild it from
+/// scratch, its environment differing from the outer one); when a developer runs
+/// `cargo test` alone, the first call builds it here.
 pub fn release_exe(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("FORMWARDEN_RELEASE_BINS") {
+            return PathBuf::from(dir);
+        }
         let target = Path::new(env!("CARGO_BIN_EXE_captcha"))
             .parent()
             .and_then(Path::parent)
