@@ -181,11 +181,13 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         Ok(Verdict::Limited { retry_after }) => return rate_limited(&ctx, retry_after, None),
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     }
+    // The client's key was the one lock others wait on; the new challenge's key is fresh
+    // and nobody else knows it yet.
+    crate::run::done_with_locks();
     let challenge = match app.captcha.create(t) {
         Ok(c) => c,
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
-    crate::run::done_with_locks();
     crate::sweep::maybe_run(&app, t);
     let png = match crate::random::bytes::<32>().and_then(|seed| {
         crate::captcha_image::render_png(&challenge.answer, seed)
