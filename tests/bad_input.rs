@@ -304,20 +304,10 @@ fn pages_follow_the_browser_language_and_operator_templates() {
 #[test]
 fn a_full_disk_refuses_cleanly_and_says_not_received() {
     let site = Site::new();
-    let config = std::fs::read(site.var("config/config.toml")).expect("config");
-    let _fs = crate::util::Tmpfs::mount(&site.var(""), "256k");
-    make_var_dirs(&site.var(""));
-    std::fs::write(site.var("config/config.toml"), &config).expect("config");
+    let _fs = site.on_small_disk();
     let (id, answer) = site.challenge("192.0.2.10");
 
-    // Fill the file system to the last block.
-    let fill = site.var("fill");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&fill).expect("fill file");
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-    }
+    let fill = site.fill_disk();
     let a = site.contact_post(&id, &answer).run();
     assert_controlled(&a, 503);
     assert!(a.header("retry-after").is_some());

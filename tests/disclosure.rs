@@ -4,7 +4,7 @@
 //! fits the endpoint: an image request is never told about a message. (The render class,
 //! which no request can provoke, is covered by the library's unit test over every error.)
 
-use crate::util::{Answer, Site, Tmpfs, make_var_dirs};
+use crate::util::{Answer, Site};
 
 /// Checks that `a` shows nothing of the server's inside and returns its reference.
 fn assert_discloses_nothing(a: &Answer, site: &Site) -> String {
@@ -61,18 +61,9 @@ fn assert_not_about_a_message(a: &Answer) {
 #[test]
 fn a_full_disk_shows_no_path_to_the_image_or_the_message_request() {
     let site = Site::new();
-    let config = std::fs::read(site.var("config/config.toml")).expect("config");
-    let _fs = Tmpfs::mount(&site.var(""), "256k");
-    make_var_dirs(&site.var(""));
-    std::fs::write(site.var("config/config.toml"), &config).expect("config");
+    let _fs = site.on_small_disk();
     let (id, answer) = site.challenge("192.0.2.10");
-    let fill = site.var("fill");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&fill).expect("fill file");
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-    }
+    site.fill_disk();
     for json in [false, true] {
         let mut image = site.cgi("captcha", "GET").remote_addr("192.0.2.77");
         if json {

@@ -242,6 +242,27 @@ impl Site {
         v
     }
 
+    /// Puts `var/` on a 256 KiB tmpfs of its own (with the site's folders and config), so
+    /// that a test can fill it; unmounted when the guard drops.
+    pub fn on_small_disk(&self) -> Tmpfs {
+        let config = std::fs::read(self.var("config/config.toml")).expect("config");
+        let fs = Tmpfs::mount(&self.var(""), "256k");
+        make_var_dirs(&self.var(""));
+        std::fs::write(self.var("config/config.toml"), &config).expect("config");
+        fs
+    }
+
+    /// Fills the file system of `var/` to the last block; removing the returned file
+    /// frees the space again.
+    pub fn fill_disk(&self) -> PathBuf {
+        use std::io::Write;
+        let fill = self.var("fill");
+        let mut f = std::fs::File::create(&fill).expect("fill file");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        fill
+    }
+
     /// Holds lock `key` from this test process, the way another request would, by the
     /// library's one lock runner.
     pub fn hold_lock(&self, key: &formwarden::lock::LockKey) -> formwarden::lock::LockGuard {
