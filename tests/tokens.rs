@@ -208,3 +208,60 @@ fn verify_revoke_list_and_hostile_profiles() {
     let a = site.cgi("tokens", "DELETE").query("profile=deploy").run();
     assert_eq!(a.status, 405);
 }
+
+/// Issue 12, item 3: an FTP-only operator gets the first admin token over HTTP. They
+/// choose a secret, put only its SHA-256 (made with `sha256sum`, as the docs say) into the
+/// config, and rotate the admin profile with the secret as bearer token. The secret issues
+/// exactly that first token and opens nothing afterwards.
+#[test]
+fn the_first_admin_token_comes_over_http_from_a_bootstrap_digest() {
+    let secret = "a-long-one-time-secret-chosen-by-the-operator-42";
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s '{secret}' | sha256sum")])
+        .output()
+        .expect("sha256sum");
+    let digest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let site = Site::with("", &format!("[tokens]\nbootstrap_sha256 = \"{digest}\"\n"));
+    let rotate = |profile: &str, bearer: &str| {
+        site.cgi("tokens", "POST")
+            .query(&format!("action=rotate&profile={profile}"))
+            .header("authorization", &format!("Bearer {bearer}"))
+            .run()
+    };
+    // The secret is good for the admin profile only, and a wrong one for nothing.
+    assert_eq!(rotate("deploy", secret).status, 401);
+    assert_eq!(rotate("admin", &format!("{secret}x")).status, 401);
+    let first = rotate("admin", secret);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(first.stderr.contains("remove the line"), "{}", first.stderr);
+    let token = first
+        .text()
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the new token")
+        .to_string();
+    // Burnt: the admin profile has a token now.
+    assert_eq!(rotate("admin", secret).status, 401);
+    let deploy = rotate("deploy", &token);
+    assert_eq!(
+        deploy.status,
+        200,
+        "the new admin token works: {}",
+        deploy.text()
+    );
+    let stored = std::fs::read_to_string(site.var("config/config.toml")).expect("config");
+    assert!(!stored.contains(secret), "only the digest is on the server");
+}
+
+#[test]
+fn a_bootstrap_digest_must_be_a_sha256() {
+    let site = Site::with("", "[tokens]\nbootstrap_sha256 = \"not-a-digest\"\n");
+    let a = site.cgi("tokens", "GET").query("profile=deploy").run();
+    assert_eq!(a.status, 500);
+    assert!(a.stderr.contains("tokens.bootstrap_sha256"), "{}", a.stderr);
+}

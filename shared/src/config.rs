@@ -145,6 +145,9 @@ pub enum SmtpSecurity {
 pub struct TokensConfig {
     /// The profile whose tokens may rotate other profiles over HTTP.
     pub admin_profile: String,
+    /// SHA-256 (hex) of a one-time secret that may issue the first admin token over HTTP
+    /// while the admin profile has none (see `tokens::TokenService::bootstrap_accepts`).
+    pub bootstrap_sha256: Option<String>,
     /// Configured profiles by name.
     pub profiles: BTreeMap<String, TokenProfile>,
 }
@@ -229,6 +232,7 @@ struct RawSmtp {
 #[serde(deny_unknown_fields)]
 struct RawTokens {
     admin_profile: Option<String>,
+    bootstrap_sha256: Option<String>,
     profiles: Option<BTreeMap<String, RawProfile>>,
 }
 
@@ -634,8 +638,23 @@ fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig>
     let admin_profile = c.text("tokens.admin_profile", raw.admin_profile, "admin", 32)?;
     crate::tokens::check_profile_name(&admin_profile)
         .map_err(|m| Error::config(c.path, "tokens.admin_profile", m))?;
+    let bootstrap_sha256 = match raw.bootstrap_sha256 {
+        None => None,
+        Some(h) => {
+            let h = h.trim().to_ascii_lowercase();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::config(
+                    c.path,
+                    "tokens.bootstrap_sha256",
+                    "must be the 64 hex digits of a SHA-256 digest (printf %s 'SECRET' | sha256sum)",
+                ));
+            }
+            Some(h)
+        }
+    };
     Ok(TokensConfig {
         admin_profile,
+        bootstrap_sha256,
         profiles,
     })
 }

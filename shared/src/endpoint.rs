@@ -513,7 +513,18 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
             };
             match app.tokens.verify(&admin, &token, t) {
                 Ok(true) => {}
-                Ok(false) | Err(Error::NotFound { .. }) => return unauthorized(),
+                Ok(false) | Err(Error::NotFound { .. }) => {
+                    // The one-time bootstrap secret may only issue the first admin token.
+                    let digest = app.config.tokens.bootstrap_sha256.as_deref();
+                    match app.tokens.bootstrap_accepts(digest, &admin, &token, t) {
+                        Ok(true) if profile == admin => tracing::warn!(
+                            "first admin token issued with tokens.bootstrap_sha256; the secret \
+                             opens nothing any more, remove the line from the config"
+                        ),
+                        Ok(_) | Err(Error::NotFound { .. }) => return unauthorized(),
+                        Err(e) => return token_error(&req, &e),
+                    }
+                }
                 Err(e) => return token_error(&req, &e),
             }
             match app.tokens.rotate(&profile, t) {

@@ -275,6 +275,37 @@ impl TokenService {
         }
     }
 
+    /// The first admin credential without a shell: true when `secret` matches the
+    /// configured `bootstrap_sha256` (plain SHA-256 hex, so an operator can make it with
+    /// `sha256sum` on their own computer; only the digest is on the server) and `profile`
+    /// has no live token yet. Once the first token exists the secret opens nothing any
+    /// more: it is burnt by its first use. A list that cannot be read never counts as
+    /// empty. Secrets shorter than 32 characters are never accepted.
+    pub fn bootstrap_accepts(
+        &self,
+        digest: Option<&str>,
+        profile: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<bool> {
+        let Some(digest) = digest else {
+            return Ok(false);
+        };
+        if secret.len() < 32 || secret.len() > 256 {
+            return Ok(false);
+        }
+        let given = crate::random::hex(&Sha256::digest(secret.as_bytes()));
+        if !crate::random::constant_time_eq(given.as_bytes(), digest.as_bytes()) {
+            return Ok(false);
+        }
+        let (_, path) = self.profile(profile)?;
+        Ok(match state::read::<TokenList>(&path, now)? {
+            Loaded::Missing => true,
+            Loaded::Valid(l) => !l.token.iter().any(|t| t.live(now)),
+            Loaded::Invalid(_) => false,
+        })
+    }
+
     /// True when `secret` is a live token of `profile`. Lock-free; constant-time per entry.
     pub fn verify(&self, profile: &str, secret: &str, now: u64) -> Result<bool> {
         let list = self.read_lock_free(profile, now)?;
