@@ -7,6 +7,7 @@ mod util;
 mod bad_input;
 mod browser;
 mod captcha;
+mod check;
 mod contention;
 mod deadlines;
 mod disclosure;

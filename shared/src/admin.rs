@@ -16,6 +16,10 @@ fn run_cli(
     err: &mut dyn Write,
     command: impl FnOnce(&App, u64, &mut dyn Write, &mut dyn Write) -> Option<crate::Result<i32>>,
 ) -> i32 {
+    // The self-check runs even when the config is broken: saying why is its job.
+    if std::env::args().nth(1).as_deref() == Some("--check") {
+        return crate::check::print(&crate::check::run(None), out);
+    }
     let app = match App::discover() {
         Ok(a) => a,
         Err(e) => {

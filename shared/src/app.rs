@@ -103,12 +103,17 @@ impl App {
     /// builds the process environment from its own config, and under FastCGI the request
     /// parameters (which any peer of the socket writes) are never consulted.
     pub fn discover() -> Result<App> {
-        let layout = process_layout().clone().ok_or_else(|| Error::ConfigMissing {
+        let layout = App::process_layout().ok_or_else(|| Error::ConfigMissing {
             path: std::path::PathBuf::from(format!(
                 "var/config/config.toml (no {ROOT_ENV} set and no var/config/ found next to the executable)"
             )),
         })?;
         App::open(layout)
+    }
+
+    /// This process's runtime tree, found once (see [`App::discover`]).
+    pub fn process_layout() -> Option<Layout> {
+        process_layout().clone()
     }
 
     /// The hashed client key of a request. The raw address never leaves this function.

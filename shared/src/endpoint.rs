@@ -479,6 +479,48 @@ fn token_error(req: &Request, e: &Error) -> Response {
     }
 }
 
+/// The self-check report for an operator without a shell (admin token only): JSON for
+/// scripts, else an HTML table. 200 when every check passed, 500 otherwise.
+fn check_report(req: &Request) -> Response {
+    let doc_root = req.var("DOCUMENT_ROOT").map(std::path::PathBuf::from);
+    let findings = crate::check::run(doc_root.as_deref());
+    let ok = findings.iter().all(|f| f.ok);
+    let status = if ok { 200 } else { 500 };
+    if req.wants_json() {
+        let list = findings
+            .iter()
+            .map(|f| {
+                Json::obj([
+                    ("name", Json::str(f.name)),
+                    ("ok", Json::Bool(f.ok)),
+                    ("detail", Json::str(f.detail.clone())),
+                ])
+            })
+            .collect();
+        return Response::json(
+            status,
+            Json::obj([("ok", Json::Bool(ok)), ("checks", Json::Arr(list))]).render(),
+        );
+    }
+    let rows: String = findings
+        .iter()
+        .map(|f| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                if f.ok { "ok" } else { "FAIL" },
+                pages::escape(f.name),
+                pages::escape(&f.detail)
+            )
+        })
+        .collect();
+    Response::html(
+        status,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>formwarden self-check</title></head>\n<body><h1>formwarden self-check</h1>\n<table>\n{rows}</table></body></html>\n"
+        ),
+    )
+}
+
 /// The token endpoint. `GET ?profile=P` with a bearer token answers 204 (valid) or 401,
 /// for a web server's auth sub-request. `POST ?action=rotate&profile=P` rotates P when the
 /// bearer token is valid for the admin profile, and shows the new token once.
@@ -543,6 +585,20 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
                 Err(e) => token_error(&req, &e),
             }
         }
+        ("GET", "check") => {
+            let admin = app.config.tokens.admin_profile.clone();
+            let Some(token) = bearer(&req) else {
+                return unauthorized();
+            };
+            match app.tokens.verify(&admin, &token, t) {
+                Ok(true) => check_report(&req),
+                Ok(false) | Err(Error::NotFound { .. }) => unauthorized(),
+                Err(e) => token_error(&req, &e),
+            }
+        }
+        (_, "check") => {
+            json_or_text(&req, 405, "method_not_allowed", "check takes GET").header("Allow", "GET")
+        }
         (_, "verify") => json_or_text(&req, 405, "method_not_allowed", "verify takes GET")
             .header("Allow", "GET, HEAD"),
         (_, "rotate") => json_or_text(&req, 405, "method_not_allowed", "rotate takes POST")
@@ -551,7 +607,7 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
             &req,
             400,
             "bad_request",
-            "unknown action (verify or rotate)",
+            "unknown action (verify, rotate or check)",
         ),
     }
 }

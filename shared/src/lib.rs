@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod captcha;
 pub mod captcha_image;
 pub mod cgi;
+pub mod check;
 pub mod config;
 pub mod deadline;
 pub mod delivery;

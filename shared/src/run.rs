@@ -142,6 +142,9 @@ pub type Handler = fn(Request, &mut dyn Read) -> Response;
 /// code.
 pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     init_logging(program);
+    if let Some(code) = crate::check::from_args() {
+        return code;
+    }
     if crate::fastcgi::stdin_is_listener() {
         // Under FastCGI every request brings its own variables; the process environment
         // is never read for a request.

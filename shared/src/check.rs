@@ -1,0 +1,297 @@
+//! The self-check of an installation (`--check` on every executable, and the admin-only
+//! `tokens?action=check` over HTTP): is the config valid, is every `var/` folder there and
+//! writable by the user running us, does `flock` work on that file system and is it not a
+//! network one, is randomness available, is the clock sane, is the mail transport usable,
+//! is `var/` protected from the web. Each finding is one line in plain words that says what
+//! to do. The check writes only its own probe files (through `atomic`) and removes them;
+//! it never changes or reads visitors' state.
+
+use crate::app::App;
+use crate::config::{Config, Transport};
+use crate::layout::Layout;
+use crate::lock::{LockKey, LockRunner};
+use std::path::Path;
+use std::time::Duration;
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// What was checked (`config`, `folders`, …).
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found, and on failure what to do.
+    pub detail: String,
+}
+
+fn finding(name: &'static str, ok: bool, detail: impl Into<String>) -> Finding {
+    Finding {
+        name,
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Magic numbers (statfs `f_type`) of file systems on which `flock` is not reliable.
+const NETWORK_FS: &[(i64, &str)] = &[
+    (0x6969, "NFS"),
+    (0x517B, "SMB"),
+    (0xFF53_4D42, "CIFS"),
+    (0xFE53_4D42, "SMB2"),
+    (0x6573_5546, "FUSE"),
+    (0x0102_1997, "9p"),
+    (0x0BD0_0BD0, "Lustre"),
+    (0x4750_4653, "GPFS"),
+];
+
+fn filesystem(var: &Path) -> Finding {
+    let Ok(c) = std::ffi::CString::new(var.as_os_str().as_encoded_bytes()) else {
+        return finding("filesystem", false, "the path of var/ contains a NUL byte");
+    };
+    // SAFETY: statfs(2) fills the zeroed struct we own from a valid C string.
+    let (rc, kind) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let rc = libc::statfs(c.as_ptr(), &mut st);
+        (rc, st.f_type as i64)
+    };
+    if rc != 0 {
+        return finding(
+            "filesystem",
+            false,
+            "cannot ask which file system var/ is on",
+        );
+    }
+    match NETWORK_FS.iter().find(|(m, _)| *m == kind) {
+        Some((_, name)) => finding(
+            "filesystem",
+            false,
+            format!(
+                "var/ is on a {name} network file system, where file locks are not reliable: \
+                 put var/ on a local disk"
+            ),
+        ),
+        None => finding("filesystem", true, "var/ is on a local file system"),
+    }
+}
+
+fn folders(layout: &Layout) -> Finding {
+    for dir in layout.state_dirs() {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return finding(
+                "folders",
+                false,
+                format!(
+                    "cannot create {}: {e}; create it and make it writable for the user the \
+                     web server runs the executables as (in an FTP client: permissions 755, or \
+                     777 if your host runs CGI as another user)",
+                    dir.display()
+                ),
+            );
+        }
+        let probe = dir.join(format!("{}check-probe", crate::atomic::TEMP_PREFIX));
+        let written = crate::atomic::write_ephemeral(&probe, b"probe")
+            .and_then(|()| crate::atomic::remove(&probe));
+        if let Err(e) = written {
+            return finding(
+                "folders",
+                false,
+                format!(
+                    "{} is not writable ({e}): make it writable for the user the web server \
+                     runs the executables as",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    finding(
+        "folders",
+        true,
+        "every folder under var/ exists and is writable",
+    )
+}
+
+fn locking(layout: &Layout) -> Finding {
+    let runner = LockRunner::new(
+        layout.lock_dir(),
+        Duration::from_millis(300),
+        Duration::from_millis(25),
+    );
+    let key = LockKey::new("check_probe");
+    match runner.try_acquire(&key).and_then(|g| match g {
+        Some(g) => g.release_and_unlink().map(|()| true),
+        None => Ok(false),
+    }) {
+        Ok(true) => finding("locking", true, "flock works in var/lock/"),
+        Ok(false) => finding(
+            "locking",
+            true,
+            "flock works (another check holds the probe)",
+        ),
+        Err(e) => finding(
+            "locking",
+            false,
+            format!("flock fails in var/lock/ ({e}): put var/ on a local disk"),
+        ),
+    }
+}
+
+fn mail(config: &Config, root: &Path) -> Finding {
+    match &config.mail.transport {
+        Transport::Sendmail { command, .. } => {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(command) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => finding(
+                    "mail",
+                    true,
+                    format!("sendmail transport: {} is executable", command.display()),
+                ),
+                _ => finding(
+                    "mail",
+                    false,
+                    format!(
+                        "sendmail transport: {} is missing or not executable; ask your host \
+                         for the sendmail path, or use the smtp transport",
+                        command.display()
+                    ),
+                ),
+            }
+        }
+        Transport::Smtp(s) => finding(
+            "mail",
+            true,
+            format!(
+                "smtp transport to {}:{} (send a test message through the form to prove it)",
+                s.host, s.port
+            ),
+        ),
+        Transport::File { dir } => {
+            let dir = if dir.is_absolute() {
+                dir.clone()
+            } else {
+                root.join(dir)
+            };
+            let ok = std::fs::create_dir_all(&dir).is_ok();
+            finding(
+                "mail",
+                ok,
+                if ok {
+                    format!("file transport into {} (mail is NOT sent)", dir.display())
+                } else {
+                    format!("file transport: cannot create {}", dir.display())
+                },
+            )
+        }
+    }
+}
+
+/// Whether the web can reach `var/`: only when it lies inside the document root (known
+/// over HTTP), and then a `var/.htaccess` that denies everything must be there.
+fn protection(layout: &Layout, document_root: Option<&Path>) -> Finding {
+    let var = layout.var();
+    let inside = document_root.is_some_and(|d| var.starts_with(d))
+        || layout.root().join(".htaccess").exists()
+        || layout.root().join("index.html").exists();
+    if !inside {
+        return finding("protection", true, "var/ is outside the web root");
+    }
+    let guard = std::fs::read_to_string(var.join(".htaccess")).unwrap_or_default();
+    if guard.contains("Require all denied") || guard.contains("Deny from all") {
+        finding(
+            "protection",
+            true,
+            "var/ is inside the web root and var/.htaccess denies every request",
+        )
+    } else {
+        finding(
+            "protection",
+            false,
+            "var/ is inside the web root without a guard: upload deploy/apache/var.htaccess as \
+             var/.htaccess (or move var/ out of the web root)",
+        )
+    }
+}
+
+/// Runs every check for this process's runtime tree. `document_root` is the web server's
+/// `DOCUMENT_ROOT` when known.
+pub fn run(document_root: Option<&Path>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let Some(layout) = App::process_layout() else {
+        out.push(finding(
+            "root",
+            false,
+            "no var/config/ found next to the executable or above it, and FORMWARDEN_ROOT is \
+             not set: upload var/ next to the cgi-bin folder, or set FORMWARDEN_ROOT",
+        ));
+        return out;
+    };
+    if !layout.var().is_dir() {
+        out.push(finding(
+            "root",
+            false,
+            format!(
+                "{} does not exist: upload var/ there, or point FORMWARDEN_ROOT at the folder that holds it",
+                layout.var().display()
+            ),
+        ));
+        return out;
+    }
+    out.push(finding(
+        "root",
+        true,
+        format!("runtime tree at {}", layout.root().display()),
+    ));
+    let config = Config::load(&layout.config_file());
+    match &config {
+        Ok(_) => out.push(finding("config", true, "var/config/config.toml is valid")),
+        Err(e) => out.push(finding("config", false, e.to_string())),
+    }
+    out.push(folders(&layout));
+    out.push(locking(&layout));
+    out.push(filesystem(&layout.var()));
+    out.push(match crate::random::bytes::<16>() {
+        Ok(_) => finding(
+            "randomness",
+            true,
+            "the operating system gives random bytes",
+        ),
+        Err(e) => finding("randomness", false, e.to_string()),
+    });
+    let now = crate::state::now();
+    out.push(if (1_704_067_200..4_102_444_800).contains(&now) {
+        finding("clock", true, "the clock is set")
+    } else {
+        finding(
+            "clock",
+            false,
+            format!("the clock says {now} seconds since 1970: ask your host to set it"),
+        )
+    });
+    if let Ok(c) = &config {
+        out.push(mail(c, layout.root()));
+    }
+    out.push(protection(&layout, document_root));
+    out
+}
+
+/// Prints `findings` one per line and returns the exit code: 0 when all passed, else 1.
+pub fn print(findings: &[Finding], out: &mut dyn std::io::Write) -> i32 {
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "{} {:<11} {}",
+            if f.ok { "ok  " } else { "FAIL" },
+            f.name,
+            f.detail
+        );
+    }
+    i32::from(findings.iter().any(|f| !f.ok))
+}
+
+/// `--check` as the first argument of any executable: prints the report and returns the
+/// exit code; `None` without it.
+pub fn from_args() -> Option<i32> {
+    if std::env::args().nth(1).as_deref() != Some("--check") {
+        return None;
+    }
+    Some(print(&run(None), &mut std::io::stdout()))
+}

@@ -1,0 +1,175 @@
+//! Issue 12, item 2: the self-check. Every executable answers `--check` with one line per
+//! check in plain words, exit 0 when all pass and 1 otherwise; the same report is reachable
+//! over HTTP with the admin token only (401 and nothing revealed without it).
+
+use crate::util::*;
+use std::process::Command;
+
+fn check(site: &Site, bin: &str) -> (i32, String) {
+    let out = Command::new(exe(bin))
+        .arg("--check")
+        .env_clear()
+        .env("FORMWARDEN_ROOT", site.root())
+        .output()
+        .expect("run --check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(report: &'a str, name: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{report}"))
+}
+
+#[test]
+fn every_executable_checks_a_good_installation() {
+    let site = Site::new();
+    for bin in ["captcha", "contact", "tokens", "spool"] {
+        let (code, report) = check(&site, bin);
+        assert_eq!(code, 0, "{bin}:\n{report}");
+        for name in [
+            "root",
+            "config",
+            "folders",
+            "locking",
+            "filesystem",
+            "randomness",
+            "clock",
+            "mail",
+            "protection",
+        ] {
+            assert!(line(&report, name).starts_with("ok"), "{bin}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn each_problem_is_named_with_what_to_do() {
+    let site = Site::new();
+    let config = site.var("config/config.toml");
+    let good = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        good.replace("[mail]", "captcha_max_gett = 3\n[mail]"),
+    )
+    .expect("w");
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "config").starts_with("FAIL"), "{report}");
+    assert!(
+        line(&report, "config").contains("captcha_max_gett"),
+        "{report}"
+    );
+    std::fs::write(&config, &good).expect("w");
+
+    // A file where a folder belongs.
+    let spool = site.var("spool/failed");
+    std::fs::remove_dir_all(&spool).expect("rm");
+    std::fs::write(&spool, b"x").expect("file");
+    let (code, report) = check(&site, "contact");
+    assert_eq!(code, 1);
+    assert!(
+        line(&report, "folders").contains("spool/failed"),
+        "{report}"
+    );
+    std::fs::remove_file(&spool).expect("rm");
+
+    // A sendmail that is not there.
+    let sendmail = good.replace(
+        "transport = \"file\"",
+        "transport = \"sendmail\"\n[mail.sendmail]\ncommand = \"/nonexistent/sendmail\"\n[mail.x]",
+    );
+    let sendmail = sendmail.replace("[mail.x]\n[mail.file]", "[mail.file]");
+    std::fs::write(&config, &sendmail).expect("w");
+    let (code, report) = check(&site, "tokens");
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        line(&report, "mail").contains("/nonexistent/sendmail"),
+        "{report}"
+    );
+    std::fs::write(&config, &good).expect("w");
+
+    // var/ inside a web root (the root holds the site's index.html) needs its guard.
+    std::fs::write(site.root().join("index.html"), "<p>site</p>").expect("w");
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 1);
+    assert!(
+        line(&report, "protection").contains("var.htaccess"),
+        "{report}"
+    );
+    let guard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/apache/var.htaccess");
+    std::fs::copy(guard, site.var(".htaccess")).expect("guard");
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        site.files("lock").iter().all(|f| !f.contains("check")),
+        "probe removed"
+    );
+}
+
+#[test]
+fn a_missing_runtime_tree_fails_without_creating_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("nothing-here");
+    let out = Command::new(exe("captcha"))
+        .arg("--check")
+        .env_clear()
+        .env("FORMWARDEN_ROOT", &root)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+    assert!(!root.exists(), "the check created nothing");
+}
+
+#[test]
+fn the_report_over_http_needs_the_admin_token() {
+    let site = Site::new();
+    let admin = site.tokens_cli(&["rotate", "admin"]);
+    let admin = String::from_utf8_lossy(&admin.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let deploy = site.tokens_cli(&["rotate", "deploy"]);
+    let deploy = String::from_utf8_lossy(&deploy.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let ask = |bearer: Option<&str>| {
+        let mut c = site
+            .cgi("tokens", "GET")
+            .query("action=check")
+            .header("accept", "application/json");
+        if let Some(b) = bearer {
+            c = c.header("authorization", &format!("Bearer {b}"));
+        }
+        c.run()
+    };
+    for bearer in [None, Some(deploy.as_str()), Some("fwt_not-a-token")] {
+        let a = ask(bearer);
+        assert_eq!(a.status, 401, "{}", a.text());
+        assert!(
+            !a.text().contains("config"),
+            "reveals nothing: {}",
+            a.text()
+        );
+        assert!(!a.text().contains(&site.root().display().to_string()));
+    }
+    let a = ask(Some(&admin));
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.text().contains("\"name\":\"locking\""), "{}", a.text());
+    assert!(a.text().contains("\"ok\":true"), "{}", a.text());
+    let html = site
+        .cgi("tokens", "GET")
+        .query("action=check")
+        .header("authorization", &format!("Bearer {admin}"))
+        .run();
+    assert_eq!(html.status, 200);
+    assert!(html.text().contains("<table>"), "{}", html.text());
+}
