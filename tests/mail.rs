@@ -72,10 +72,13 @@ impl Drop for Smtp {
     }
 }
 
+/// The SMTP config of these tests. They count attempts and runs of `spool retry` (the
+/// cron path), so the after-answer retry step is off here; its own test turns it on.
 fn smtp_mail(port: u16, extra: &str) -> String {
     format!(
         "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\", \"second@example.org\"]\n\
          subject_prefix = \"[Site] \"\ntransport = \"smtp\"\nretry_backoff_seconds = 0\nmax_attempts = 3\n\
+         retry_after_answer = false\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_seconds = 5\nhello_name = \"formwarden.test\"\n{extra}"
     )
 }
@@ -609,4 +612,52 @@ fn delivered_messages_are_archived_in_a_bounded_sent_folder_when_configured() {
         2,
         "only the newest two are kept"
     );
+}
+
+/// Issue 12, item 4: delivery without cron. With the SMTP server down the POST answers
+/// 202; once it is up, a later unrelated request (a CAPTCHA GET) delivers the message in a
+/// retry step that starts only after that request's own answer is complete (stdout closed).
+#[test]
+fn a_later_request_delivers_a_queued_message_after_its_own_answer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let mail = smtp_mail(port, "security = \"plain\"\n").replace(
+        "retry_after_answer = false\n",
+        "retry_after_answer = true\n",
+    );
+    let site = Site::with_mail("", &mail);
+    let a = post_good(&site);
+    assert_eq!(a.status, 202, "{}", a.text());
+    assert_eq!(site.ls("spool/new").len(), 1);
+    let smtp = Smtp::start(tmp.path(), port, &[]);
+
+    let mut child = site.cgi("captcha", "GET").remote_addr("192.0.2.77").spawn();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut answer = Vec::new();
+    stdout.read_to_end(&mut answer).expect("read the answer");
+    let answered = std::time::SystemTime::now();
+    assert!(
+        answer.starts_with(b"Status: 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "the queued message went out");
+    assert!(site.ls("spool/new").is_empty());
+    let arrived = std::fs::read_dir(smtp.maildir.join("new"))
+        .expect("maildir")
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .min()
+        .expect("a message file");
+    assert!(
+        arrived >= answered,
+        "the delivery happened after the answer was complete"
+    );
+    // With nothing left, the next request finds nothing to do.
+    let again = site.cgi("captcha", "GET").remote_addr("192.0.2.78").run();
+    assert_eq!(again.status, 200);
+    assert_eq!(smtp.messages().len(), 1, "sent once");
 }

@@ -87,6 +87,9 @@ pub struct MailConfig {
     pub max_age: Duration,
     /// First retry delay; it doubles with every failed attempt.
     pub retry_backoff: Duration,
+    /// After a visitor's answer is complete, try one due spooled message (delivery for
+    /// hosts without cron; see `delivery::retry_step`).
+    pub retry_after_answer: bool,
 }
 
 /// A mail transport.
@@ -197,6 +200,7 @@ struct RawMail {
     max_attempts: Option<i64>,
     max_age_hours: Option<i64>,
     retry_backoff_seconds: Option<i64>,
+    retry_after_answer: Option<bool>,
     file: Option<RawFile>,
     sendmail: Option<RawSendmail>,
     smtp: Option<RawSmtp>,
@@ -574,6 +578,7 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
         }
     };
     Ok(MailConfig {
+        retry_after_answer: raw.retry_after_answer.unwrap_or(true),
         from,
         to,
         subject_prefix: c.text("mail.subject_prefix", raw.subject_prefix, "[Contact] ", 100)?,

@@ -171,6 +171,42 @@ pub fn retry(app: &App, now: u64) -> Result<RetryReport> {
     Ok(report)
 }
 
+/// Messages a retry step looks at, at most (due or not).
+const STEP_LOOKS: usize = 16;
+
+/// One bounded retry step, for hosts without cron: run by a visitor's request after its
+/// answer is complete (`run::after_answer`), so the visitor never waits for it. At most
+/// one step runs at a time (the `retry_step` key, taken without waiting), it looks at no
+/// more than [`STEP_LOOKS`] messages and sends at most one, under that message's claim
+/// lock like every delivery. `None`: another step runs, or nothing is spooled.
+pub fn retry_step(app: &App, now: u64) -> Result<Option<RetryReport>> {
+    let ids = app.spool.ids(Folder::New)?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let Some(_guard) = app.locks.try_acquire(&LockKey::new("retry_step"))? else {
+        return Ok(None);
+    };
+    let mut report = RetryReport::default();
+    for id in ids.iter().take(STEP_LOOKS) {
+        match handle(app, id, now, true)? {
+            Fate::Delivered => report.delivered += 1,
+            Fate::Deferred(_) => report.deferred += 1,
+            Fate::Failed(_) => report.failed += 1,
+            Fate::Busy => {
+                report.busy += 1;
+                continue;
+            }
+            Fate::Skipped => {
+                report.waiting += 1;
+                continue;
+            }
+        }
+        break;
+    }
+    Ok(Some(report))
+}
+
 /// Moves `id` (or every message with `"all"`) from `failed/` back to `new/` with fresh
 /// counters, so the next retry run tries again. Returns how many moved.
 pub fn requeue(app: &App, id: &str, now: u64) -> Result<usize> {

@@ -188,6 +188,7 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         Ok(c) => c,
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
+    retry_after_answer(&app);
     crate::sweep::maybe_run(&app, t);
     let png = match crate::random::bytes::<32>().and_then(|seed| {
         crate::captcha_image::render_png(&challenge.answer, seed)
@@ -388,7 +389,26 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     };
     crate::deadline::note_saved();
     let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
+    retry_after_answer(&app);
     success(&ctx, &msg.id, delivered)
+}
+
+/// Delivery for hosts without cron: once this answer is complete, one bounded retry step
+/// (`delivery::retry_step`) tries a due spooled message. On by default
+/// (`mail.retry_after_answer`); cron's `spool retry` remains the better choice where it
+/// exists.
+fn retry_after_answer(app: &App) {
+    if !app.config.mail.retry_after_answer {
+        return;
+    }
+    let app = app.clone();
+    crate::run::after_answer(move || match crate::delivery::retry_step(&app, now()) {
+        Ok(Some(r)) if r.delivered + r.deferred + r.failed > 0 => {
+            tracing::info!(?r, "retry step after the answer");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retry step after the answer failed"),
+    });
 }
 
 fn success(ctx: &PageCtx, id: &str, delivered: bool) -> Response {

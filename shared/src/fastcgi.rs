@@ -1044,6 +1044,7 @@ fn serve_connection(
                     return Err(ConnError::Io(timed_out("request")));
                 }
                 conn.answer(b.id, &resp.to_cgi())?;
+                crate::run::run_after_answer();
             }
         }
         if !b.keep_conn {

@@ -271,6 +271,7 @@ mod tests {
             max_attempts: 3,
             max_age: Duration::from_secs(3600),
             retry_backoff: Duration::from_secs(60),
+            retry_after_answer: false,
         }
     }
 

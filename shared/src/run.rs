@@ -116,6 +116,46 @@ fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
     }
 }
 
+thread_local! {
+    /// Work to run once the answer of the request on this thread is complete.
+    static AFTER_ANSWER: std::cell::RefCell<Vec<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `job` after this request's answer is complete: under CGI once the answer is
+/// written and stdout (and stderr, which some servers wait for too) are closed, so the
+/// visitor never waits for it; under FastCGI after the answer's records are sent. The job
+/// must bound its own work.
+pub fn after_answer(job: impl FnOnce() + 'static) {
+    AFTER_ANSWER.with(|a| a.borrow_mut().push(Box::new(job)));
+}
+
+/// Runs the jobs [`after_answer`] collected on this thread.
+pub(crate) fn run_after_answer() {
+    let jobs = AFTER_ANSWER.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    for job in jobs {
+        job();
+    }
+}
+
+fn has_after_answer() -> bool {
+    AFTER_ANSWER.with(|a| !a.borrow().is_empty())
+}
+
+/// Points stdout and stderr at /dev/null: the web server then sees the end of our output
+/// (Apache and fcgiwrap wait for both to close before they finish the response).
+fn close_output() {
+    let _ = std::io::stdout().flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2(2) onto our own standard descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+}
+
 /// True in a process that serves exactly one request (CGI), false under FastCGI.
 static ONE_REQUEST: AtomicBool = AtomicBool::new(false);
 
@@ -189,6 +229,11 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     // the body must not make us wait for an end that never comes.
     let unread = announced.saturating_sub(input.read).min(DRAIN_LIMIT);
     let _ = std::io::copy(&mut input.by_ref().take(unread), &mut std::io::sink());
+    if written.is_ok() && has_after_answer() {
+        drop(out);
+        close_output();
+        run_after_answer();
+    }
     // A client that went away closes the pipe; there is nobody left to tell, so that is
     // not an error worth a non-zero exit.
     match written {
