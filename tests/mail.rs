@@ -661,3 +661,66 @@ fn a_later_request_delivers_a_queued_message_after_its_own_answer() {
     assert_eq!(again.status, 200);
     assert_eq!(smtp.messages().len(), 1, "sent once");
 }
+
+/// Issue 12, item 5: the host's mail quota. With `max_per_hour = 3`, six concurrent POSTs
+/// deliver exactly three; the rest stay spooled (202), retry runs send nothing more in the
+/// same hour, and once the hour has passed two concurrent retry runs send the rest, each
+/// message exactly once and never more than three in any hour.
+#[test]
+fn the_mail_quota_holds_messages_back_and_never_loses_one() {
+    let site = Site::with_mail(
+        "",
+        "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\n\
+         transport = \"file\"\nmax_per_hour = 3\nretry_backoff_seconds = 0\n\
+         [mail.file]\ndir = \"var/mail-out\"\n",
+    );
+    let posts: Vec<Cgi> = (0..6)
+        .map(|i| {
+            let addr = format!("192.0.2.{}", 30 + i);
+            let (id, answer) = site.challenge(&addr);
+            site.contact_post(&id, &answer).remote_addr(&addr)
+        })
+        .collect();
+    let answers = collect(posts.iter().map(Cgi::spawn).collect());
+    let sent = answers.iter().filter(|a| a.status == 200).count();
+    let queued = answers.iter().filter(|a| a.status == 202).count();
+    assert_eq!(
+        (sent, queued),
+        (3, 3),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(site.ls("mail-out").len(), 3);
+    assert_eq!(site.ls("spool/new").len(), 3);
+    let out = site.cli("spool", &["retry"]);
+    assert!(
+        out.status.success(),
+        "waiting for the quota is not a failure"
+    );
+    assert_eq!(
+        site.ls("mail-out").len(),
+        3,
+        "nothing more in the same hour"
+    );
+
+    site.advance_clock(3601);
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(exe("spool"))
+                .arg("retry")
+                .env_clear()
+                .env("FORMWARDEN_ROOT", site.root())
+                .env(CLOCK_SKEW_ENV, "3601")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("retry")
+        })
+        .collect();
+    for r in runs {
+        let r = r.wait_with_output().expect("wait");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert_eq!(site.ls("mail-out").len(), 6, "every message went out once");
+    assert!(site.ls("spool/new").is_empty());
+}

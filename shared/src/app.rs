@@ -48,6 +48,8 @@ pub struct App {
     pub tokens: TokenService,
     /// The mail spool.
     pub spool: Spool,
+    /// The host's outgoing mail quota.
+    pub quota: crate::quota::Quota,
 }
 
 impl App {
@@ -85,7 +87,14 @@ impl App {
             config.tokens.profiles.clone(),
         );
         let spool = Spool::new(layout.spool_dir());
+        let quota = crate::quota::Quota::new(
+            layout.tokens_dir().with_file_name("mail-quota.toml"),
+            locks.clone(),
+            config.mail.max_per_hour,
+            config.mail.max_per_day,
+        );
         Ok(App {
+            quota,
             layout,
             config,
             locks,

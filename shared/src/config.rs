@@ -90,6 +90,10 @@ pub struct MailConfig {
     /// After a visitor's answer is complete, try one due spooled message (delivery for
     /// hosts without cron; see `delivery::retry_step`).
     pub retry_after_answer: bool,
+    /// The host's outgoing quota per hour (`None`: no limit; see `quota`).
+    pub max_per_hour: Option<u32>,
+    /// The host's outgoing quota per day.
+    pub max_per_day: Option<u32>,
 }
 
 /// A mail transport.
@@ -201,6 +205,8 @@ struct RawMail {
     max_age_hours: Option<i64>,
     retry_backoff_seconds: Option<i64>,
     retry_after_answer: Option<bool>,
+    max_per_hour: Option<i64>,
+    max_per_day: Option<i64>,
     file: Option<RawFile>,
     sendmail: Option<RawSendmail>,
     smtp: Option<RawSmtp>,
@@ -577,8 +583,19 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
             ));
         }
     };
+    // 0 (the default) means no limit.
+    let per = |key: &str, v: Option<i64>| -> Result<Option<u32>> {
+        Ok(match c.int(key, v, 0, 0, 1_000_000)? {
+            0 => None,
+            n => Some(n as u32),
+        })
+    };
+    let max_per_hour = per("mail.max_per_hour", raw.max_per_hour)?;
+    let max_per_day = per("mail.max_per_day", raw.max_per_day)?;
     Ok(MailConfig {
         retry_after_answer: raw.retry_after_answer.unwrap_or(true),
+        max_per_hour,
+        max_per_day,
         from,
         to,
         subject_prefix: c.text("mail.subject_prefix", raw.subject_prefix, "[Contact] ", 100)?,

@@ -107,6 +107,19 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
         guard.release_and_unlink()?;
         return Ok(Fate::Failed(reason));
     }
+    if let crate::quota::Verdict::Over { free_at } = app.quota.reserve(now)? {
+        // Not an attempt: the message waits for a place under the host's quota.
+        msg.next_attempt_at = free_at;
+        msg.last_error = format!("waiting for the mail quota until {free_at}");
+        spool.update(Folder::New, &msg)?;
+        tracing::warn!(
+            id,
+            free_at,
+            "mail quota reached: the message stays in the spool"
+        );
+        // Like a backoff: waiting, not a failure (cron's exit code stays 0).
+        return Ok(Fate::Skipped);
+    }
     let result = mail::build(&app.config.mail, &msg)
         .and_then(|m| mail::send(&app.config.mail, app.layout.root(), id, &m));
     match result {

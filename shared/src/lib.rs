@@ -24,6 +24,7 @@ pub mod mail;
 pub mod net;
 pub mod pages;
 pub mod preview;
+pub mod quota;
 pub mod random;
 pub mod ratelimit;
 pub mod run;

@@ -272,6 +272,8 @@ mod tests {
             max_age: Duration::from_secs(3600),
             retry_backoff: Duration::from_secs(60),
             retry_after_answer: false,
+            max_per_hour: None,
+            max_per_day: None,
         }
     }
 
