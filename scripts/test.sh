@@ -8,4 +8,8 @@ bash scripts/install-test-deps.sh
 # target folder of its own so that it is never taken for a build to deploy).
 cargo build --release --locked --features test-hooks --bins --target-dir target/hooks
 export FORMWARDEN_RELEASE_BINS="$PWD/target/hooks/release"
+# The release archive for shared hosting (static musl build), checked by
+# tests/release_archive.rs.
+FORMWARDEN_RELEASE_ARCHIVE="$PWD/$(bash scripts/release.sh | tail -n 1)"
+export FORMWARDEN_RELEASE_ARCHIVE
 cargo test --workspace --locked --features test-hooks

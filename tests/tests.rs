@@ -17,6 +17,7 @@ mod locking;
 mod mail;
 mod privacy;
 mod proxies;
+mod release_archive;
 mod release_profile;
 mod tokens;
 mod webservers;

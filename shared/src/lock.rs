@@ -379,7 +379,7 @@ fn timed_block(file: &File, deadline: Instant) -> Option<std::io::Result<Attempt
                 tv_nsec: 5_000_000,
             },
             it_value: libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                tv_sec: left.as_secs() as _,
                 // At least 1 ns: an all-zero value would disarm instead of arm.
                 tv_nsec: libc::c_long::from(left.subsec_nanos().max(1)),
             },

@@ -1,0 +1,181 @@
+//! Issue 12, item 1: the release archive for FTP-only shared hosting. Every executable in
+//! it is statically linked (no interpreter, no shared library), stripped, at most 3 MiB,
+//! named as the shipped `.htaccess` expects, and runs in an empty root that holds nothing
+//! but the binary and a runtime tree.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The unpacked archive. scripts/test.sh runs scripts/release.sh before the suite and
+/// names the archive in `FORMWARDEN_RELEASE_ARCHIVE`; run alone, the test builds it.
+fn unpacked() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, dir) = DIR.get_or_init(|| {
+        let archive = match std::env::var_os("FORMWARDEN_RELEASE_ARCHIVE") {
+            Some(a) => PathBuf::from(a),
+            None => {
+                let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+                let out = Command::new("bash")
+                    .arg(root.join("scripts/release.sh"))
+                    .output()
+                    .expect("run scripts/release.sh");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                root.join(
+                    String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .lines()
+                        .last()
+                        .unwrap_or(""),
+                )
+            }
+        };
+        // The checksum file matches the archive.
+        let sum = std::fs::read_to_string(format!("{}.sha256", archive.display())).expect("sha256");
+        let check = Command::new("sha256sum")
+            .arg("-c")
+            .arg(
+                Path::new(&format!("{}.sha256", archive.display()))
+                    .file_name()
+                    .expect("name"),
+            )
+            .current_dir(archive.parent().expect("dist"))
+            .output()
+            .expect("sha256sum");
+        assert!(check.status.success(), "{sum}");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let st = Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(tmp.path())
+            .status()
+            .expect("tar");
+        assert!(st.success());
+        let top = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .flatten()
+            .next()
+            .expect("one folder")
+            .path();
+        (tmp, top)
+    });
+    dir
+}
+
+const EXECUTABLES: [&str; 5] = [
+    "public_html/cgi-bin/captcha.cgi",
+    "public_html/cgi-bin/contact.cgi",
+    "public_html/cgi-bin/tokens.cgi",
+    "bin/spool",
+    "bin/tokens",
+];
+
+#[test]
+fn the_archive_holds_what_an_ftp_upload_needs() {
+    let dir = unpacked();
+    for f in EXECUTABLES
+        .iter()
+        .chain(&["public_html/cgi-bin/.htaccess", "public_html/index.html"])
+        .chain(&[
+            "var/config/config.example.toml",
+            "var/.htaccess",
+            "docs/OPERATIONS.md",
+        ])
+    {
+        assert!(dir.join(f).is_file(), "{f} is in the archive");
+    }
+    let htaccess =
+        std::fs::read_to_string(dir.join("public_html/cgi-bin/.htaccess")).expect("read");
+    assert!(
+        htaccess.contains(".cgi"),
+        "the .htaccess runs the .cgi names the archive uses"
+    );
+    assert!(
+        !dir.join("var/config/config.toml").exists(),
+        "no live config is shipped"
+    );
+    for page in ["public_html/index.html", "public_html/de/index.html"] {
+        let html = std::fs::read_to_string(dir.join(page)).expect("page");
+        assert!(
+            html.contains("/cgi-bin/contact.cgi?") && html.contains("/cgi-bin/captcha.cgi\""),
+            "{page} uses the names in the archive"
+        );
+    }
+}
+
+#[test]
+fn every_executable_is_static_stripped_and_small() {
+    let dir = unpacked();
+    for f in EXECUTABLES {
+        let path = dir.join(f);
+        let size = std::fs::metadata(&path).expect("meta").len();
+        eprintln!("{f}: {size} bytes");
+        assert!(size <= 3 * 1024 * 1024, "{f} is {size} bytes");
+        let headers = Command::new("readelf")
+            .args(["-l", "-d", "-S", "-W"])
+            .arg(&path)
+            .output()
+            .expect("readelf");
+        let text = String::from_utf8_lossy(&headers.stdout);
+        assert!(headers.status.success(), "{f} is an ELF file");
+        assert!(!text.contains("INTERP"), "{f} needs no program interpreter");
+        assert!(!text.contains("(NEEDED)"), "{f} needs no shared library");
+        assert!(!text.contains(".symtab"), "{f} is stripped");
+    }
+}
+
+#[test]
+fn each_executable_runs_in_an_empty_root() {
+    let dir = unpacked();
+    for f in EXECUTABLES {
+        // A root holding only the binary and a runtime tree with a working config.
+        let root = tempfile::tempdir().expect("root");
+        let exe = root.path().join("x");
+        std::fs::copy(dir.join(f), &exe).expect("copy");
+        std::fs::create_dir_all(root.path().join("var/config")).expect("mkdir");
+        std::fs::write(
+            root.path().join("var/config/config.toml"),
+            "ip_salt = \"t3stS4lt-0123456789abcdefghijklmnopqrstuvwxyz\"\n\
+             [mail]\nfrom = \"S <s@example.org>\"\nto = [\"o@example.org\"]\ntransport = \"file\"\n",
+        )
+        .expect("config");
+        let out = Command::new("/usr/sbin/chroot")
+            .arg(root.path())
+            .args(["/x", "--check"])
+            .env_clear()
+            .env("FORMWARDEN_ROOT", "/")
+            .output()
+            .expect("chroot");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{f} in an empty root:\n{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(report.contains("ok   locking"), "{report}");
+        // And it answers a real CGI request there.
+        if f.ends_with("captcha.cgi") {
+            let out = Command::new("/usr/sbin/chroot")
+                .arg(root.path())
+                .arg("/x")
+                .env_clear()
+                .env("FORMWARDEN_ROOT", "/")
+                .env("GATEWAY_INTERFACE", "CGI/1.1")
+                .env("REQUEST_METHOD", "GET")
+                .env("REMOTE_ADDR", "192.0.2.1")
+                .env("SCRIPT_NAME", "/cgi-bin/captcha.cgi")
+                .output()
+                .expect("chroot");
+            assert!(
+                out.stdout.starts_with(b"Status: 200"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
