@@ -129,18 +129,8 @@ fn a_missing_runtime_tree_fails_without_creating_one() {
 #[test]
 fn the_report_over_http_needs_the_admin_token() {
     let site = Site::new();
-    let admin = site.tokens_cli(&["rotate", "admin"]);
-    let admin = String::from_utf8_lossy(&admin.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let deploy = site.tokens_cli(&["rotate", "deploy"]);
-    let deploy = String::from_utf8_lossy(&deploy.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let admin = site.rotate("admin");
+    let deploy = site.rotate("deploy");
     let ask = |bearer: Option<&str>| {
         let mut c = site
             .cgi("tokens", "GET")

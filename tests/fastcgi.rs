@@ -88,25 +88,11 @@ fn the_cgi_flow_works_over_tcp() {
     captcha_then_contact(&site, &captcha.endpoint, &contact.endpoint);
 }
 
-/// The first line a `tokens` command printed (the new token).
-fn first_line(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[test]
 fn tokens_verify_and_rotate_over_fastcgi() {
     let site = Site::new();
-    let token = first_line(&site.tokens_cli(&["rotate", "deploy"]));
-    let admin = first_line(&site.tokens_cli(&["rotate", "admin"]));
+    let token = site.rotate("deploy");
+    let admin = site.rotate("admin");
     // Started without GATEWAY_INTERFACE, as spawn-fcgi does: the listening socket on fd 0
     // alone must make `tokens` a web endpoint instead of its command line.
     let r = Spawn::unix("tokens", site.root()).start();

@@ -177,6 +177,21 @@ impl Site {
         self.cli("tokens", args)
     }
 
+    /// Rotates token `profile` with the command line and returns the new token.
+    pub fn rotate(&self, profile: &str) -> String {
+        let out = self.tokens_cli(&["rotate", profile]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
     /// Runs an operator command (`tokens`, `spool`) against this site.
     pub fn cli(&self, bin: &str, args: &[&str]) -> std::process::Output {
         Command::new(exe(bin))
