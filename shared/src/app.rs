@@ -15,22 +15,6 @@ use crate::spool::Spool;
 use crate::tokens::TokenService;
 use std::sync::OnceLock;
 
-/// The runtime root of this process, found on first use and then fixed: a FastCGI
-/// responder serves every request from the root it was started for.
-fn process_layout() -> &'static Option<Layout> {
-    static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
-    LAYOUT.get_or_init(|| {
-        let env_root = std::env::var(ROOT_ENV).ok().filter(|r| !r.is_empty());
-        // Looking up our own path is a syscall; only needed without the variable.
-        let exe = if env_root.is_some() {
-            None
-        } else {
-            std::env::current_exe().ok()
-        };
-        Layout::discover(env_root.as_deref(), exe.as_deref())
-    })
-}
-
 /// Everything an endpoint needs.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -120,9 +104,22 @@ impl App {
         App::open(layout)
     }
 
-    /// This process's runtime tree, found once (see [`App::discover`]).
+    /// This process's runtime tree, found on first use and then fixed: a FastCGI responder
+    /// serves every request from the root it was started for (see [`App::discover`]).
     pub fn process_layout() -> Option<Layout> {
-        process_layout().clone()
+        static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
+        LAYOUT
+            .get_or_init(|| {
+                let env_root = std::env::var(ROOT_ENV).ok().filter(|r| !r.is_empty());
+                // Looking up our own path is a syscall; only needed without the variable.
+                let exe = if env_root.is_some() {
+                    None
+                } else {
+                    std::env::current_exe().ok()
+                };
+                Layout::discover(env_root.as_deref(), exe.as_deref())
+            })
+            .clone()
     }
 
     /// The hashed client key of a request. The raw address never leaves this function.

@@ -116,55 +116,39 @@ fn write_temp_with(path: &Path, bytes: &[u8], sync: bool) -> Result<tempfile::Na
     Ok(tmp)
 }
 
-/// A new version of a state file, written and fsynced into a temp file beside it, ready
-/// to be renamed into place. Preparing is the slow part (the fsync); it is done before the
-/// lock is taken, so that the critical section holds only the rename.
+/// A temp file beside a state file, made before the state's lock is taken, so that the
+/// critical section only renames it (after, for ephemeral state, writing a few bytes into
+/// it): no file creation, and for durable state no fsync, while others wait. Dropping it
+/// instead of committing removes the temp file.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Pending {
     tmp: tempfile::NamedTempFile,
     target: PathBuf,
+    durable: bool,
 }
 
-/// Writes and fsyncs `bytes` for `path` into a temp file (see [`Prepared`]).
-pub fn prepare(path: &Path, bytes: &[u8]) -> Result<Prepared> {
-    Ok(Prepared {
+/// Durable: writes and fsyncs `bytes` for `path` now; [`Pending::commit`] then renames it
+/// and fsyncs the folder (deferred to the end of the locked section, like [`write`]).
+pub fn prepare(path: &Path, bytes: &[u8]) -> Result<Pending> {
+    Ok(Pending {
         tmp: write_temp(path, bytes)?,
         target: path.to_path_buf(),
+        durable: true,
     })
 }
 
-impl Prepared {
-    /// Renames the prepared file over its target and fsyncs the folder (deferred to the end
-    /// of the locked section, like [`write`]). Dropping a `Prepared` instead removes it.
-    pub fn commit(self) -> Result<()> {
-        let target = self.target;
-        self.tmp
-            .persist(&target)
-            .map_err(|e| Error::io("rename onto", &target, e.error))?;
-        sync_dir_soon(parent(&target))
-    }
-}
-
-/// An empty temp file created beside a state file before its lock is taken, so that the
-/// critical section only writes a few bytes into it and renames it (no file creation in
-/// the folder while others wait). For ephemeral state only: nothing is fsynced.
-#[derive(Debug)]
-pub struct Staged {
-    tmp: tempfile::NamedTempFile,
-    target: PathBuf,
-}
-
-/// Creates the temp file for a later [`Staged::commit`] of `path`.
-pub fn stage(path: &Path) -> Result<Staged> {
-    Ok(Staged {
+/// Ephemeral: an empty temp file for `path`; [`Pending::commit`] writes the bytes and
+/// renames it without any fsync (like [`write_ephemeral`]).
+pub fn stage(path: &Path) -> Result<Pending> {
+    Ok(Pending {
         tmp: write_temp_with(path, b"", false)?,
         target: path.to_path_buf(),
+        durable: false,
     })
 }
 
-impl Staged {
-    /// Writes `bytes` and renames the file over its target, without fsync (like
-    /// [`write_ephemeral`]). Dropping a `Staged` instead removes the temp file.
+impl Pending {
+    /// Appends `bytes` (empty for a prepared file) and renames the file over its target.
     pub fn commit(mut self, bytes: &[u8]) -> Result<()> {
         self.tmp
             .write_all(bytes)
@@ -173,7 +157,11 @@ impl Staged {
         self.tmp
             .persist(&target)
             .map_err(|e| Error::io("rename onto", &target, e.error))?;
-        Ok(())
+        if self.durable {
+            sync_dir_soon(parent(&target))
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -59,12 +59,19 @@ pub enum Doing {
     Message,
 }
 
-/// A short random reference that ties a visitor's error page to the one operator log line
-/// that holds the detail.
-fn reference() -> String {
-    crate::random::bytes::<5>()
+/// Logs `e` once for the operator (a warning when it is temporary, else an error) under a
+/// short random reference, and returns the reference, which the visitor's answer shows
+/// instead of the detail.
+fn log_with_reference(e: &Error, what: &str) -> String {
+    let reference = crate::random::bytes::<5>()
         .map(|b| crate::random::hex(&b))
-        .unwrap_or_else(|_| format!("t{}", now()))
+        .unwrap_or_else(|_| format!("t{}", now()));
+    if e.is_temporary() {
+        tracing::warn!(reference, error = %e, "{what} temporarily unavailable");
+    } else {
+        tracing::error!(reference, error = %e, "{what} failed");
+    }
+    reference
 }
 
 /// Maps a library error to an answer, logging it once for the operator.
@@ -80,12 +87,7 @@ pub fn error_response(ctx: &PageCtx, e: &Error, form: Option<&Fields>, doing: Do
         tracing::warn!(error = %e, "temporarily unavailable");
         e.to_string()
     } else {
-        let reference = reference();
-        if temporary {
-            tracing::warn!(reference, error = %e, "temporarily unavailable");
-        } else {
-            tracing::error!(reference, error = %e, "request failed");
-        }
+        let reference = log_with_reference(e, "request");
         format!("{}: {reference}", text(l, Msg::Reference))
     };
     let msg = match (doing, temporary) {
@@ -474,9 +476,8 @@ fn token_error(req: &Request, e: &Error) -> Response {
             json_or_text(req, 503, "unavailable", &e.to_string()).header("Retry-After", "1")
         }
         e => {
-            let reference = reference();
+            let reference = log_with_reference(e, "token endpoint");
             if e.is_temporary() {
-                tracing::warn!(reference, error = %e, "token endpoint unavailable");
                 json_or_text(
                     req,
                     503,
@@ -485,7 +486,6 @@ fn token_error(req: &Request, e: &Error) -> Response {
                 )
                 .header("Retry-After", "60")
             } else {
-                tracing::error!(reference, error = %e, "token endpoint failed");
                 json_or_text(
                     req,
                     500,

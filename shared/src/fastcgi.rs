@@ -908,15 +908,21 @@ impl Conn<'_> {
 
     /// Writes an answer as STDOUT records, the end of STDOUT and END_REQUEST, in one write.
     fn answer(&mut self, id: u16, cgi: &[u8]) -> Result<(), ConnError> {
-        let records = cgi.len() / MAX_CONTENT + 3;
-        let mut out = Vec::with_capacity(cgi.len() + records * HEADER_LEN + HEADER_LEN);
-        for chunk in cgi.chunks(MAX_CONTENT) {
-            push_record(&mut out, STDOUT, id, chunk);
-        }
-        push_record(&mut out, STDOUT, id, &[]);
-        push_end_request(&mut out, id, 0, REQUEST_COMPLETE);
-        self.write_now(&out)
+        self.write_now(&answer_records(id, cgi))
     }
+}
+
+/// A complete answer to request `id`: the CGI output as STDOUT records, the end of STDOUT
+/// and END_REQUEST, ready to be written in one piece.
+fn answer_records(id: u16, cgi: &[u8]) -> Vec<u8> {
+    let records = cgi.len() / MAX_CONTENT + 3;
+    let mut out = Vec::with_capacity(cgi.len() + records * HEADER_LEN + HEADER_LEN);
+    for chunk in cgi.chunks(MAX_CONTENT) {
+        push_record(&mut out, STDOUT, id, chunk);
+    }
+    push_record(&mut out, STDOUT, id, &[]);
+    push_end_request(&mut out, id, 0, REQUEST_COMPLETE);
+    out
 }
 
 fn parse_begin(content: &[u8]) -> Result<(u16, bool), ConnError> {
@@ -1279,13 +1285,7 @@ impl Watchdog {
             saved,
             "a FastCGI request overran its deadline; answered for it and closed its connection"
         );
-        let cgi = crate::run::overrun_response(saved).to_cgi();
-        let mut out = Vec::with_capacity(cgi.len() + 4 * HEADER_LEN);
-        for chunk in cgi.chunks(MAX_CONTENT) {
-            push_record(&mut out, STDOUT, w.request_id, chunk);
-        }
-        push_record(&mut out, STDOUT, w.request_id, &[]);
-        push_end_request(&mut out, w.request_id, 0, REQUEST_COMPLETE);
+        let out = answer_records(w.request_id, &crate::run::overrun_response(saved).to_cgi());
         let mut stream = w.stream;
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = stream.write_all(&out);

@@ -183,7 +183,7 @@ impl RateLimiter {
         if listed.len() < share {
             return Ok(());
         }
-        listed.sort_by_key(|l| l.modified);
+        listed.sort_by_cached_key(state::Listed::modified);
         let excess = listed.len() + 1 - share;
         let mut evicted = 0;
         for l in &listed {
@@ -215,7 +215,7 @@ impl RateLimiter {
         for l in state::list(&dir, ".toml")? {
             // A window starts at or before its last write, so a file written within the
             // last window length cannot have ended yet.
-            if l.modified.saturating_add(self.limits.window_seconds) > now {
+            if l.modified().saturating_add(self.limits.window_seconds) > now {
                 continue;
             }
             if looked == budget {

@@ -122,7 +122,7 @@ where
         let prepared = atomic::prepare(path, to_text(path, &next)?.as_bytes())?;
         let committed = locks.run(key, || {
             if read_raw(path)? == snapshot {
-                prepared.commit()?;
+                prepared.commit(b"")?;
                 Ok(true)
             } else {
                 Ok(false)
@@ -172,9 +172,9 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_with(path, value, Durability::Durable)
 }
 
-/// Serializes `value` into a staged temp file (see `atomic::Staged`) and renames it into
+/// Serializes `value` into a staged temp file (see `atomic::stage`) and renames it into
 /// place: an ephemeral write whose file creation happened before the lock.
-pub fn commit_staged<T: Serialize>(staged: atomic::Staged, path: &Path, value: &T) -> Result<()> {
+pub fn commit_staged<T: Serialize>(staged: atomic::Pending, path: &Path, value: &T) -> Result<()> {
     staged.commit(to_text(path, value)?.as_bytes())
 }
 
@@ -217,12 +217,23 @@ pub struct Listed {
     pub path: PathBuf,
     /// Its name without the suffix.
     pub stem: String,
-    /// Last modification, as Unix seconds (0 when unknown).
-    pub modified: u64,
 }
 
-/// The state files in `dir` whose names end in `suffix`, temp files left out, with their
-/// modification times. A missing folder is empty.
+impl Listed {
+    /// Last modification, as Unix seconds (0 when unknown). Asked only when needed: most
+    /// listings only count or name their files, and a stat per file would be I/O on a
+    /// visitor's request for nothing.
+    pub fn modified(&self) -> u64 {
+        std::fs::symlink_metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// The state files in `dir` whose names end in `suffix`, temp files left out. A missing
+/// folder is empty.
 pub fn list(dir: &Path, suffix: &str) -> Result<Vec<Listed>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -240,16 +251,9 @@ pub fn list(dir: &Path, suffix: &str) -> Result<Vec<Listed>> {
         if name.starts_with(atomic::TEMP_PREFIX) {
             continue;
         }
-        let modified = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
         out.push(Listed {
             path: entry.path(),
             stem: stem.to_string(),
-            modified,
         });
     }
     Ok(out)

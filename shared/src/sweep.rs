@@ -39,13 +39,17 @@ fn remove_old_temps(dir: &Path) -> Result<usize> {
             .file_name()
             .to_str()
             .is_some_and(|n| n.starts_with(crate::atomic::TEMP_PREFIX));
+        if !is_temp {
+            // Only temp files need a stat.
+            continue;
+        }
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age > TEMP_MAX_AGE);
-        if is_temp && old {
+        if old {
             crate::atomic::remove(&entry.path())?;
             removed += 1;
         }
