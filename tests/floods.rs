@@ -38,6 +38,17 @@ fn run_all(reqs: Vec<Cgi>) -> Vec<Answer> {
     out
 }
 
+/// With the smallest ceiling (256, one entry per shard), no shard holds more than one file.
+fn assert_at_most_one_per_shard(files: &[String]) {
+    let mut per_shard = std::collections::HashMap::new();
+    for f in files {
+        *per_shard
+            .entry(formwarden::shard::of(f.trim_end_matches(".toml")))
+            .or_insert(0) += 1;
+    }
+    assert!(per_shard.values().all(|&n| n <= 1), "{per_shard:?}");
+}
+
 #[test]
 fn made_up_challenge_ids_from_many_clients_leave_no_lock_files() {
     let site = Site::new();
@@ -154,13 +165,7 @@ fn outstanding_challenges_stop_at_their_ceiling_with_a_503() {
     let files = site.files("tmp/captcha");
     assert_eq!(files.len(), served, "one file per served challenge");
     assert!(files.len() <= 256);
-    let mut per_shard = std::collections::HashMap::new();
-    for f in &files {
-        *per_shard
-            .entry(formwarden::shard::of(f.trim_end_matches(".toml")))
-            .or_insert(0) += 1;
-    }
-    assert!(per_shard.values().all(|&n| n <= 1), "{per_shard:?}");
+    assert_at_most_one_per_shard(&files);
 }
 
 #[test]
@@ -180,13 +185,7 @@ fn stored_windows_stop_at_their_ceiling_by_evicting_the_oldest() {
     );
     let windows = site.files("tmp/ratelimit");
     assert!(windows.len() <= 256, "{} windows", windows.len());
-    let mut per_shard = std::collections::HashMap::new();
-    for f in &windows {
-        *per_shard
-            .entry(formwarden::shard::of(f.trim_end_matches(".toml")))
-            .or_insert(0) += 1;
-    }
-    assert!(per_shard.values().all(|&n| n <= 1), "{per_shard:?}");
+    assert_at_most_one_per_shard(&windows);
     // The newest client's window is there.
     assert_eq!(
         site.stored_count("2001:db8:77:12b::1", "captcha_get"),
