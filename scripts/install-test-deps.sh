@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the end-to-end tests start (nothing is mocked where the
 # real thing is cheap to start): Apache with mod_cgid, nginx with fcgiwrap, spawn-fcgi,
+# vsftpd and lftp for the FTP deploy,
 # Chromium for the browser test, openssl for the test CA, and aiosmtpd as the SMTP
 # server. Idempotent: it only installs what is missing.
 set -euo pipefail
@@ -15,6 +16,8 @@ have spawn-fcgi || [ -x /usr/bin/spawn-fcgi ] || need_apt+=(spawn-fcgi)
 have chromium || need_apt+=(chromium)
 have openssl || need_apt+=(openssl)
 have curl || need_apt+=(curl)
+have lftp || need_apt+=(lftp)
+have vsftpd || [ -x /usr/sbin/vsftpd ] || need_apt+=(vsftpd)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -3,74 +3,12 @@
 //! with a test CA, AUTH, concurrent retry runs, header injection, the sendmail transport
 //! and the file transport of the local preview.
 
+use crate::util::smtp::{Smtp, free_port};
 use crate::util::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A free loopback port (bound and released; the server binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// The SMTP server of the tests, stopped on drop.
-struct Smtp {
-    child: Child,
-    maildir: PathBuf,
-    port: u16,
-}
-
-impl Smtp {
-    fn start(dir: &Path, port: u16, args: &[&str]) -> Smtp {
-        let maildir = dir.join(format!("maildir-{port}"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--maildir"])
-            .arg(&maildir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start aiosmtpd (scripts/install-test-deps.sh installs it)");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("server output");
-        assert_eq!(line.trim(), "READY", "the SMTP server did not start");
-        Smtp {
-            child,
-            maildir,
-            port,
-        }
-    }
-
-    /// Every message the server accepted, as text.
-    fn messages(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.maildir.join("new"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The SMTP config of these tests. They count attempts and runs of `spool retry` (the
 /// cron path), so the after-answer retry step is off here; its own test turns it on.

@@ -7,61 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The unpacked archive. scripts/test.sh runs scripts/release.sh before the suite and
-/// names the archive in `FORMWARDEN_RELEASE_ARCHIVE`; run alone, the test builds it.
+/// The unpacked archive, shared by the tests of this file.
 fn unpacked() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, dir) = DIR.get_or_init(|| {
-        let archive = match std::env::var_os("FORMWARDEN_RELEASE_ARCHIVE") {
-            Some(a) => PathBuf::from(a),
-            None => {
-                let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-                let out = Command::new("bash")
-                    .arg(root.join("scripts/release.sh"))
-                    .output()
-                    .expect("run scripts/release.sh");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                root.join(
-                    String::from_utf8_lossy(&out.stdout)
-                        .trim()
-                        .lines()
-                        .last()
-                        .unwrap_or(""),
-                )
-            }
-        };
-        // The checksum file matches the archive.
-        let sum = std::fs::read_to_string(format!("{}.sha256", archive.display())).expect("sha256");
-        let check = Command::new("sha256sum")
-            .arg("-c")
-            .arg(
-                Path::new(&format!("{}.sha256", archive.display()))
-                    .file_name()
-                    .expect("name"),
-            )
-            .current_dir(archive.parent().expect("dist"))
-            .output()
-            .expect("sha256sum");
-        assert!(check.status.success(), "{sum}");
         let tmp = tempfile::tempdir().expect("tmp");
-        let st = Command::new("tar")
-            .arg("-xzf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(tmp.path())
-            .status()
-            .expect("tar");
-        assert!(st.success());
-        let top = std::fs::read_dir(tmp.path())
-            .expect("list")
-            .flatten()
-            .next()
-            .expect("one folder")
-            .path();
+        let top = crate::util::release::unpack(crate::util::release::archive(), tmp.path());
         (tmp, top)
     });
     dir

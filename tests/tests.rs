@@ -13,6 +13,7 @@ mod deadlines;
 mod disclosure;
 mod fastcgi;
 mod floods;
+mod ftp_deploy;
 mod locking;
 mod mail;
 mod privacy;

@@ -2,7 +2,10 @@
 //! executables as CGI processes, the way a web server would (clean environment, RFC 3875
 //! variables, body on stdin), and parses their answers.
 
+pub mod ftp;
+pub mod release;
 pub mod servers;
+pub mod smtp;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -14,10 +14,11 @@
 //! Also here: a tiny HTTP/1.1 client over `TcpStream` (one request per connection, raw
 //! request targets so that `%2e%2e` reaches the server as written) with a cookie jar.
 
+use super::smtp::free_port;
 use super::{Site, exe};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -54,12 +55,29 @@ fn deploy(rel: &str) -> PathBuf {
 
 /// The account servers run as.
 #[derive(Debug, Clone, Copy)]
-struct Account {
+pub struct Account {
     uid: u32,
     gid: u32,
     /// False when the tests do not run as root: the servers then simply run as the
     /// current user, which is unprivileged already.
     switch: bool,
+}
+
+impl Account {
+    /// The account the tests run as (root in CI): for a server that must start as root
+    /// and switch users itself, such as vsftpd.
+    pub fn caller() -> Account {
+        Account {
+            uid: effective_uid(),
+            gid: 0,
+            switch: false,
+        }
+    }
+
+    /// The numeric uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
 }
 
 /// The effective uid of this process, from `/proc` (std has no getter and the tests have
@@ -75,7 +93,7 @@ fn effective_uid() -> u32 {
 }
 
 /// `nobody` when running as root, the current user otherwise.
-fn account() -> Account {
+pub fn account() -> Account {
     let euid = effective_uid();
     if euid != 0 {
         return Account {
@@ -100,7 +118,7 @@ fn account() -> Account {
 
 /// Gives `path` and everything below it to the server account (a no-op when the tests do
 /// not run as root).
-fn give_tree(path: &Path, acct: Account) {
+pub fn give_tree(path: &Path, acct: Account) {
     if !acct.switch {
         return;
     }
@@ -121,7 +139,7 @@ fn give_tree(path: &Path, acct: Account) {
 /// Panics with a clear message when the server account could not reach `dir`: every
 /// folder above it must let others traverse it. `TMPDIR` pointing into a private home
 /// folder is the usual cause.
-fn assert_reachable(dir: &Path, acct: Account) {
+pub fn assert_reachable(dir: &Path, acct: Account) {
     if !acct.switch {
         return;
     }
@@ -218,7 +236,7 @@ fn template(text: &str, values: &[(&str, String)]) -> String {
 
 /// One started program and everything it forks, in a process group it leads; stopped and
 /// reaped on drop.
-struct Group {
+pub struct Group {
     name: String,
     child: Child,
 }
@@ -226,7 +244,7 @@ struct Group {
 impl Group {
     /// Starts `cmd` as the leader of a new process group, as the server account, with a
     /// cleared environment and its output appended to `log`.
-    fn spawn(name: &str, mut cmd: Command, log: &Path, acct: Account) -> Group {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path, acct: Account) -> Group {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -259,7 +277,7 @@ impl Group {
     /// True while the leader runs. Read from `/proc` rather than `try_wait`: the leader
     /// stays unreaped until [`Group::stop`], so its pid, which names the group, cannot be
     /// reused by another test's process while we may still signal the group.
-    fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         proc_state(self.child.id()).is_some_and(|(state, _)| state != 'Z')
     }
 
@@ -342,15 +360,6 @@ fn unix_socket_listening(path: &Path) -> bool {
     })
 }
 
-/// A free loopback port: bind port 0, read the port, close. Another process may take it
-/// before the server binds; the start then fails and is retried on a new port.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a probe port on loopback")
-}
-
 // ---------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------
@@ -414,6 +423,24 @@ impl Prep {
     /// would: `public_html/` (or the root itself) for the static site, the executables in
     /// `public_html/cgi-bin/` (shared hosting) or in `cgi-bin/` outside the web root.
     fn new(site: &Site, docroot_rel: &str, cgi_rel: &str, suffix: &str) -> Prep {
+        let docroot = if docroot_rel.is_empty() {
+            site.root().to_path_buf()
+        } else {
+            site.root().join(docroot_rel)
+        };
+        let prep = Prep::bare(site.root(), docroot, site.root().join(cgi_rel));
+        copy_tree(&deploy("site"), &prep.docroot);
+        std::fs::create_dir_all(&prep.cgi_dir).expect("mkdir cgi dir");
+        for p in PROGRAMS {
+            install_program(&exe(p), &prep.cgi_dir.join(format!("{p}{suffix}")));
+        }
+        share_var(site);
+        prep
+    }
+
+    /// Only the server's own prefix folder, for a tree that is already in place (one that
+    /// a deploy uploaded): nothing is installed and no owner changed.
+    fn bare(root: &Path, docroot: PathBuf, cgi_dir: PathBuf) -> Prep {
         let acct = account();
         let prefix = tempfile::Builder::new()
             .prefix("fw-web-")
@@ -422,24 +449,12 @@ impl Prep {
         std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod prefix");
         assert_reachable(prefix.path(), acct);
-        assert_reachable(site.root(), acct);
+        assert_reachable(root, acct);
         let logs = prefix.path().join("logs");
         for d in ["logs", "run", "temp"] {
             std::fs::create_dir_all(prefix.path().join(d)).expect("mkdir");
             give_tree(&prefix.path().join(d), acct);
         }
-        let docroot = if docroot_rel.is_empty() {
-            site.root().to_path_buf()
-        } else {
-            site.root().join(docroot_rel)
-        };
-        copy_tree(&deploy("site"), &docroot);
-        let cgi_dir = site.root().join(cgi_rel);
-        std::fs::create_dir_all(&cgi_dir).expect("mkdir cgi dir");
-        for p in PROGRAMS {
-            install_program(&exe(p), &cgi_dir.join(format!("{p}{suffix}")));
-        }
-        share_var(site);
         Prep {
             acct,
             prefix,
@@ -458,6 +473,25 @@ impl Prep {
 pub struct Apache;
 
 impl Apache {
+    /// Apache as a stock shared host (AllowOverride All, CGI as the server account) over an
+    /// account folder that a deploy already filled: `web_root` under `root` is served as
+    /// it is, with whatever `.htaccess` files the deploy put there.
+    pub fn start_deployed(root: &Path, web_root: &str) -> Server {
+        let docroot = if web_root.is_empty() || web_root == "." {
+            root.to_path_buf()
+        } else {
+            root.join(web_root)
+        };
+        let prep = Prep::bare(root, docroot.clone(), docroot.join("cgi-bin"));
+        let kind = if docroot == root {
+            Kind::ApacheHtaccessVarInWebRoot
+        } else {
+            Kind::ApacheHtaccess
+        };
+        let site_conf = apache_shared_host(&prep.docroot);
+        Apache::launch_with(kind, prep, |_| site_conf.clone())
+    }
+
     /// Starts Apache for `site` on a free loopback port and waits until it answers.
     pub fn start(site: &Site, setup: ApacheSetup) -> Server {
         let (kind, docroot_rel, cgi_rel, suffix) = match setup {
@@ -473,17 +507,6 @@ impl Apache {
             }
         };
         let prep = Prep::new(site, docroot_rel, cgi_rel, suffix);
-        let dir = prep.dir().to_path_buf();
-        let conf = dir.join("conf");
-        std::fs::create_dir_all(&conf).expect("mkdir conf");
-        // mod_mime needs a types file; these are the types the site and the tests use.
-        std::fs::write(
-            conf.join("mime.types"),
-            "text/html html htm\ntext/css css\ntext/javascript js\nimage/png png\n\
-             image/svg+xml svg\ntext/plain txt\n",
-        )
-        .expect("write mime.types");
-
         // The deploy/ part: the virtual host, or the .htaccess files of shared hosting.
         let vhost = match setup {
             ApacheSetup::Vhost => Some(
@@ -501,7 +524,39 @@ impl Apache {
                 None
             }
         };
+        let conf = prep.dir().join("conf");
+        let (docroot, cgi_dir) = (prep.docroot.clone(), prep.cgi_dir.clone());
+        Apache::launch_with(kind, prep, |port| match &vhost {
+            Some(text) => {
+                let text = template(
+                    text,
+                    &[
+                        ("PORT", port.to_string()),
+                        ("SERVER_NAME", "127.0.0.1".to_string()),
+                        ("SITE", docroot.display().to_string()),
+                        ("CGI_DIR", cgi_dir.display().to_string()),
+                        ("ROOT", site.root().display().to_string()),
+                    ],
+                );
+                std::fs::write(conf.join("vhost.conf"), text).expect("write vhost.conf");
+                format!("Include \"{}\"\n", conf.join("vhost.conf").display())
+            }
+            None => apache_shared_host(&docroot),
+        })
+    }
 
+    /// Writes the top-level config around `site_conf(port)` and starts Apache.
+    fn launch_with(kind: Kind, prep: Prep, mut site_conf: impl FnMut(u16) -> String) -> Server {
+        let dir = prep.dir().to_path_buf();
+        let conf = dir.join("conf");
+        std::fs::create_dir_all(&conf).expect("mkdir conf");
+        // mod_mime needs a types file; these are the types the site and the tests use.
+        std::fs::write(
+            conf.join("mime.types"),
+            "text/html html htm\ntext/css css\ntext/javascript js\nimage/png png\n\
+             image/svg+xml svg\ntext/plain txt\n",
+        )
+        .expect("write mime.types");
         let logs = vec![prep.logs.join("error.log"), prep.logs.join("stderr.log")];
         let (group, port) = launch(
             "apache2",
@@ -509,26 +564,9 @@ impl Apache {
             &logs,
             &dir.join("run/httpd.pid"),
             |port| {
-                let site_conf = match &vhost {
-                    Some(text) => {
-                        let text = template(
-                            text,
-                            &[
-                                ("PORT", port.to_string()),
-                                ("SERVER_NAME", "127.0.0.1".to_string()),
-                                ("SITE", prep.docroot.display().to_string()),
-                                ("CGI_DIR", prep.cgi_dir.display().to_string()),
-                                ("ROOT", site.root().display().to_string()),
-                            ],
-                        );
-                        std::fs::write(conf.join("vhost.conf"), text).expect("write vhost.conf");
-                        format!("Include \"{}\"\n", conf.join("vhost.conf").display())
-                    }
-                    None => apache_shared_host(&prep.docroot),
-                };
                 std::fs::write(
                     conf.join("httpd.conf"),
-                    apache_main_conf(&dir, port, &site_conf),
+                    apache_main_conf(&dir, port, &site_conf(port)),
                 )
                 .expect("write httpd.conf");
                 let mut cmd = Command::new(apache_binary());
