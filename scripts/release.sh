@@ -2,7 +2,8 @@
 # Builds the release archive for FTP-only shared hosting: static x86-64 executables
 # (musl, no shared libraries, symbols stripped, so they run whatever the host's glibc),
 # already named as the shipped .htaccess expects, with the .htaccess files, the example
-# site, the var/ skeleton with the example config, and the docs. Writes
+# site, the var/ skeleton with the example config, the FTP deploy script and the docs.
+# Writes
 #   dist/formwarden-<version>-x86_64-linux-musl.tar.gz  and its .sha256
 # Installs the Rust target and musl-tools (ring's C code needs x86_64-linux-musl-gcc) when
 # they are missing. For aarch64 hosts see docs/OPERATIONS.md ("Building").
@@ -42,6 +43,8 @@ done
 install -m 644 var/config/config.example.toml "$stage/var/config/config.example.toml"
 install -m 644 deploy/apache/var.htaccess "$stage/var/.htaccess"
 install -m 644 README.md "$stage/README.md"
+# The FTP/FTPS upload, run from the unpacked folder (docs/INSTALL.md).
+install -m 755 deploy/ftp/deploy.sh "$stage/deploy.sh"
 install -m 644 docs/*.md "$stage/docs/"
 tar -czf "dist/$name.tar.gz" -C dist "$name"
 (cd dist && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")

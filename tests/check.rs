@@ -163,3 +163,39 @@ fn the_report_over_http_needs_the_admin_token() {
     assert_eq!(html.status, 200);
     assert!(html.text().contains("<table>"), "{}", html.text());
 }
+
+/// Before the first admin token exists, the bootstrap secret opens the report too: an
+/// FTP-only operator whose first-token request fails (say var/ is not writable for the
+/// web server's account) can see why. Once an admin token exists, the secret opens nothing.
+#[test]
+fn the_bootstrap_secret_opens_the_report_until_the_first_admin_token() {
+    let secret = "a-long-one-time-secret-chosen-by-the-operator-42";
+    let digest: String = formwarden::random::hex(&{
+        use sha2::Digest;
+        sha2::Sha256::digest(secret.as_bytes())
+    });
+    let site = Site::with("", &format!("[tokens]\nbootstrap_sha256 = \"{digest}\"\n"));
+    let ask = |bearer: &str| {
+        site.cgi("tokens", "GET")
+            .query("action=check")
+            .header("accept", "application/json")
+            .header("authorization", &format!("Bearer {bearer}"))
+            .run()
+    };
+    // A folder the executables cannot write: the report names it.
+    let spool = site.var("spool/new");
+    std::fs::remove_dir(&spool).expect("rmdir");
+    std::fs::write(&spool, b"not a folder").expect("a file in its place");
+    let a = ask(secret);
+    assert_eq!(a.status, 500, "{}", a.text());
+    assert!(a.text().contains("\"name\":\"folders\""), "{}", a.text());
+    assert!(a.text().contains("spool"), "{}", a.text());
+    assert_eq!(ask(&format!("{secret}x")).status, 401);
+    std::fs::remove_file(&spool).expect("rm");
+    std::fs::create_dir(&spool).expect("mkdir");
+    let ok = ask(secret);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // The first admin token burns the secret for the report as well.
+    site.rotate("admin");
+    assert_eq!(ask(secret).status, 401);
+}

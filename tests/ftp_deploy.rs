@@ -46,6 +46,7 @@ fn edit(text: &str, from: &str, to: &str) -> String {
 
 /// The operator's config, made from the archive's example as docs/INSTALL.md says: the
 /// salt, SMTP on `smtp_port`, the first-token hash (and 4-character images, see the top).
+/// Written into `dir`.
 fn operator_config(top: &Path, smtp_port: u16, dir: &Path) -> PathBuf {
     let example = std::fs::read_to_string(top.join("var/config/config.example.toml"))
         .expect("read the example config");
@@ -75,7 +76,22 @@ fn operator_config(top: &Path, smtp_port: u16, dir: &Path) -> PathBuf {
 /// Runs deploy/ftp/deploy.sh with the password in `LFTP_PASSWORD` and the test
 /// certificate trusted.
 fn deploy_cmd(ftp: &Ftp, args: &[&str]) -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ftp/deploy.sh");
+    script_cmd(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ftp/deploy.sh"),
+        ftp,
+        args,
+    )
+}
+
+/// Runs the `deploy.sh` shipped in an unpacked archive, from inside that folder.
+fn shipped_deploy(top: &Path, ftp: &Ftp, args: &[&str]) -> Output {
+    script_cmd(Path::new("./deploy.sh"), ftp, args)
+        .current_dir(top)
+        .output()
+        .expect("run ./deploy.sh")
+}
+
+fn script_cmd(script: &Path, ftp: &Ftp, args: &[&str]) -> Command {
     let home = tempfile::tempdir().expect("home").keep();
     let mut cmd = Command::new("bash");
     cmd.arg(script)
@@ -303,21 +319,11 @@ fn a_fresh_ftps_deploy_serves_the_whole_form_with_cgi_as_another_account() {
             max_rate: 0,
         },
     );
-    let config = operator_config(&a_top, smtp_port, tmp.path());
-    let archive = release::archive().to_str().expect("utf-8 path");
-
+    // INSTALL.md steps 1 to 3: unpack, make the config inside the unpacked folder, run
+    // its deploy.sh.
+    let config = operator_config(&a_top, smtp_port, &a_top.join("var/config"));
     let started = Instant::now();
-    let out = deploy(
-        &ftp,
-        &[
-            "--var-mode",
-            "shared",
-            "--config",
-            config.to_str().expect("utf-8"),
-            archive,
-            &ftp.url(),
-        ],
-    );
+    let out = shipped_deploy(&a_top, &ftp, &["--var-mode", "shared", ".", &ftp.url()]);
     assert_ok(&out, &ftp);
     eprintln!("full FTPS deploy: {:?}", started.elapsed());
     let root = home.path();
@@ -342,6 +348,18 @@ fn a_fresh_ftps_deploy_serves_the_whole_form_with_cgi_as_another_account() {
     );
 
     let server = Apache::start_deployed(root, "public_html");
+    // Step 4: the self-check, opened by the bootstrap secret while no admin token exists.
+    let before = server.client().send(
+        "GET",
+        "/cgi-bin/tokens.cgi?action=check",
+        &[
+            ("Authorization", &format!("Bearer {BOOTSTRAP_SECRET}")),
+            ("Accept", "application/json"),
+        ],
+        b"",
+    );
+    assert_eq!(before.status, 200, "{}\n{}", before.text(), server.log());
+    // Step 5: the first admin token; then the report needs it.
     let admin = first_admin_token(&server);
     let auth = format!("Bearer {admin}");
     let check = server.client().send(

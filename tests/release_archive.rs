@@ -36,6 +36,8 @@ fn the_archive_holds_what_an_ftp_upload_needs() {
             "var/config/config.example.toml",
             "var/.htaccess",
             "docs/OPERATIONS.md",
+            "docs/INSTALL.md",
+            "deploy.sh",
         ])
     {
         assert!(dir.join(f).is_file(), "{f} is in the archive");

@@ -2,10 +2,14 @@
 # formwarden: deploy a release archive to a host you reach only by FTP (docs/INSTALL.md).
 #
 #   LFTP_PASSWORD=… deploy/ftp/deploy.sh [options] ARCHIVE ftp://USER@HOST[:PORT][/DIR]
+#   LFTP_PASSWORD=… ./deploy.sh [options] . ftp://USER@HOST[:PORT][/DIR]   (in the unpacked archive)
 #   LFTP_PASSWORD=… deploy/ftp/deploy.sh [options] --rollback ftp://USER@HOST[:PORT][/DIR]
 #
-# DIR is the account's folder on the server that holds (or will hold) the web root and
-# var/, relative to the folder the login starts in (default: that folder). The password
+# ARCHIVE is the release .tar.gz (checked against its .sha256 when that is beside it) or
+# the folder it unpacks to; a var/config/config.toml made in that folder is uploaded as
+# with --config. DIR is the account's folder on the server that holds (or will hold) the
+# web root and var/, relative to the folder the login starts in (that folder
+# itself when left out). The password
 # comes from LFTP_PASSWORD (never from the command line, which other users can see), or
 # from ~/.netrc, or lftp asks for it.
 #
@@ -194,12 +198,14 @@ mode_of() {
 # Lists (into product.list and examples.list) the files of the unpacked release in $1.
 classify() {
   local top=$1
+  local_config=
   (cd "$top" && find public_html bin var -type f | LC_ALL=C sort) >"$work/all.list"
   : >"$work/product.list"
   : >"$work/examples.list"
   while IFS= read -r f; do
     case "$f" in
-      var/config/config.toml) die "the release contains a config.toml; refusing to upload it" ;;
+      # The operator's own config, made in the unpacked folder: uploaded like --config.
+      var/config/config.toml) local_config="$top/$f" ;;
       public_html/*.html | public_html/*.css) echo "$f" >>"$work/examples.list" ;;
       MANIFEST) ;;
       *) echo "$f" >>"$work/product.list" ;;
@@ -254,20 +260,30 @@ exists() { grep -qxF "$1" "$work/exists"; }
 # The release to install: unpacked from ARCHIVE, or downloaded for --rollback
 # ---------------------------------------------------------------------------------------
 if [ "$rollback" = 0 ]; then
-  [ -r "$archive" ] || die "cannot read $archive"
-  if [ -r "$archive.sha256" ]; then
+  if [ -d "$archive" ]; then
+    # An unpacked release folder (the deploy.sh inside it, run as ./deploy.sh .).
+    top=$(cd "$archive" && pwd)
+  elif [ ! -r "$archive" ]; then
+    die "cannot read $archive"
+  elif [ -r "$archive.sha256" ]; then
     (cd "$(dirname "$archive")" && sha256sum -c --quiet "$(basename "$archive").sha256") >/dev/null ||
       die "$archive does not match $archive.sha256: download it again"
   else
     echo "deploy: no $archive.sha256 beside the archive; its integrity is not checked" >&2
   fi
-  mkdir -p "$work/unpacked"
-  tar -xzf "$archive" -C "$work/unpacked" || die "cannot unpack $archive"
-  top=$(find "$work/unpacked" -mindepth 1 -maxdepth 1 -type d | head -n 1)
-  [ -n "$top" ] || die "$archive is empty"
+  if [ ! -d "$archive" ]; then
+    mkdir -p "$work/unpacked"
+    tar -xzf "$archive" -C "$work/unpacked" || die "cannot unpack $archive"
+    top=$(find "$work/unpacked" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+    [ -n "$top" ] || die "$archive is empty"
+  fi
   classify "$top"
+  if [ -n "$local_config" ] && [ -z "$config" ]; then
+    config=$local_config
+    echo "deploy: var/config/config.toml of $top is your config (uploaded only where none exists)"
+  fi
   release="$(basename "$top")-$(date -u +%Y%m%dT%H%M%SZ)"
-  (cd "$top" && xargs -d '\n' sha256sum <"$work/product.list") >"$top/MANIFEST"
+  (cd "$top" && xargs -d '\n' sha256sum <"$work/product.list") >"$work/MANIFEST"
 fi
 
 example_paths=()
@@ -324,7 +340,7 @@ if [ "$rollback" = 0 ]; then
       echo "mkdir -p -f $(q "$(dirname "formwarden-releases/$release/$f")")"
       echo "put $(q "$top/$f") -o $(q "formwarden-releases/$release/$(copy_name "$f")")"
     done <"$work/product.list"
-    echo "put $(q "$top/MANIFEST") -o $(q "formwarden-releases/$release/MANIFEST")"
+    echo "put $(q "$work/MANIFEST") -o $(q "formwarden-releases/$release/MANIFEST")"
   } >>"$plan"
 else
   echo "deploy: rolling back to $release"

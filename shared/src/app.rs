@@ -40,9 +40,16 @@ impl App {
     /// Opens the runtime tree at `layout`: reads the config and makes sure the state
     /// folders exist.
     pub fn open(layout: Layout) -> Result<App> {
+        let app = App::open_as_is(layout)?;
+        app.layout.create_state_dirs()?;
+        Ok(app)
+    }
+
+    /// Opens the runtime tree at `layout` without creating anything in it: for the
+    /// self-check, which must be able to report a folder that cannot be created.
+    pub fn open_as_is(layout: Layout) -> Result<App> {
         let config = Config::load(&layout.config_file())?;
         crate::deadline::set_limit(config.request_timeout);
-        layout.create_state_dirs()?;
         let locks = LockRunner::new(layout.lock_dir(), config.lock_wait, config.lock_poll);
         let limiter = RateLimiter::new(
             layout.ratelimit_dir(),
@@ -96,12 +103,20 @@ impl App {
     /// builds the process environment from its own config, and under FastCGI the request
     /// parameters (which any peer of the socket writes) are never consulted.
     pub fn discover() -> Result<App> {
-        let layout = App::process_layout().ok_or_else(|| Error::ConfigMissing {
+        App::open(App::discovered_layout()?)
+    }
+
+    /// [`App::discover`] without creating the state folders (see [`App::open_as_is`]).
+    pub fn discover_as_is() -> Result<App> {
+        App::open_as_is(App::discovered_layout()?)
+    }
+
+    fn discovered_layout() -> Result<Layout> {
+        App::process_layout().ok_or_else(|| Error::ConfigMissing {
             path: std::path::PathBuf::from(format!(
                 "var/config/config.toml (no {ROOT_ENV} set and no var/config/ found next to the executable)"
             )),
-        })?;
-        App::open(layout)
+        })
     }
 
     /// This process's runtime tree, found on first use and then fixed: a FastCGI responder
