@@ -9,10 +9,15 @@ flood; 32 concurrent rotations of one token profile; each quiet and again beside
 CPU-bound busy loops. And the slowest of 1,000 CAPTCHA requests with 100,000 stored
 rate-limit windows, against the median.
 
-Usage: python3 scripts/bench.py BIN_DIR [--runs N] [--bursts N] [--only cgi,bursts,sustained,floods]
+With --static DIR (the unpacked release archive; scripts/bench.sh passes it), the
+per-request table shows the static musl build beside the glibc build of BIN_DIR.
+
+Usage: python3 scripts/bench.py BIN_DIR [--static DIR] [--runs N] [--bursts N] [--only cgi,bursts,sustained,floods]
 """
 import argparse, collections, os, re, resource, secrets, subprocess, tempfile, threading, time, urllib.parse
 
+# The peak-memory helper (scripts/rss.c), built by scripts/bench.sh next to the floor probe.
+RSS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "hooks", "rss")
 SALT = "b3nchS4lt-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -62,12 +67,13 @@ def main():
     ap.add_argument("--bursts", type=int, default=5)
     ap.add_argument("--only", default="cgi,bursts,sustained,floods")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--static", help="the unpacked release archive, measured beside BIN_DIR")
     a = ap.parse_args()
     b = lambda name: os.path.join(a.bindir, name)
     only = set(a.only.split(","))
     root = site()
     if "cgi" in only:
-        per_request(a, b, root)
+        per_request(a, b, root, a.static)
     if "bursts" in only:
         bursts(a, b)
     if "sustained" in only:
@@ -88,30 +94,77 @@ def main():
         floods(a, b)
 
 
-def per_request(a, b, root):
+def per_request(a, b, root, static=None):
+    """Sequential CGI runs of each request kind. With `static` (the unpacked release
+    archive), the static musl build is measured beside the glibc build, interleaved in
+    blocks of 10 so that machine noise hits both alike; contact POSTs of both builds use
+    challenges made by the glibc test build (same state format), whose answer header the
+    static build does not have."""
     first, err = run([b("captcha")], cgi_env(root))
     if not first.startswith(b"Status: 200"):
         raise SystemExit(f"captcha does not answer 200; fix the set-up first: {err.decode()}")
-    print(f"per-request time, {a.runs} sequential runs each (one process per request, as CGI):")
+    builds = [("glibc", b)]
+    if static:
+        names = dict(captcha="public_html/cgi-bin/captcha.cgi", contact="public_html/cgi-bin/contact.cgi",
+                     tokens="bin/tokens", spool="bin/spool")
+        builds.append(("static musl", lambda n: os.path.join(static, names[n])))
+    print(f"per-request time, {a.runs} sequential runs each (one process per request, as CGI), "
+          f"builds interleaved in blocks of 10:")
     base = timed("/bin/true", a.runs, lambda: run(["/bin/true"], {}))
-    timed("captcha GET (PNG + challenge)", a.runs, lambda: run([b("captcha")], cgi_env(root)), base)
-    timed("contact GET (form page)", a.runs, lambda: run([b("contact")], cgi_env(root)), base)
-    posts = []
-    for _ in range(a.runs):
+    tok = run([b("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=root))[0].decode().split("\n")[0]
+
+    def post_job(bb):
         c, ans = answer_of(run([b("captcha")], cgi_env(root))[0])
         body = urllib.parse.urlencode(dict(name="Bench", email="b@example.net", subject="s", message="m", captcha=ans)).encode()
-        posts.append((cgi_env(root, "POST", CONTENT_TYPE="application/x-www-form-urlencoded", CONTENT_LENGTH=str(len(body)), HTTP_COOKIE=f"fw_captcha={c}"), body))
-    it = iter(posts)
-    def post():
-        env, body = next(it)
-        out, _ = run([b("contact")], env, body)
-        assert out.startswith(b"Status: 200"), out[:200]
-    timed("contact POST (verify+spool+file mail)", a.runs, post, base)
-    tok = run([b("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=root))[0].decode().split("\n")[0]
-    timed("tokens verify GET (lock-free)", a.runs, lambda: run([b("tokens")], cgi_env(root, QUERY_STRING="profile=deploy", HTTP_AUTHORIZATION=f"Bearer {tok}")), base)
-    timed("tokens rotate (CLI, durable write)", a.runs, lambda: run([b("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=root)), base)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(f"  peak resident memory of any child: {peak / 1024:.1f} MiB")
+        env = cgi_env(root, "POST", CONTENT_TYPE="application/x-www-form-urlencoded", CONTENT_LENGTH=str(len(body)),
+                      HTTP_COOKIE=f"fw_captcha={c}")
+        return [bb("contact")], env, body, b"Status: 200"
+
+    cases = [
+        ("captcha GET (PNG + challenge)", lambda bb: ([bb("captcha")], cgi_env(root), b"", b"Status: 200")),
+        ("contact GET (form page)", lambda bb: ([bb("contact")], cgi_env(root), b"", b"Status: 200")),
+        ("contact POST (verify+spool+file mail)", post_job),
+        ("tokens verify GET (lock-free)", lambda bb: ([bb("tokens")], cgi_env(root, QUERY_STRING="profile=deploy",
+                                                     HTTP_AUTHORIZATION=f"Bearer {tok}"), b"", b"Status: 204")),
+        ("tokens rotate (CLI, durable write)", lambda bb: ([bb("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=root), b"", b"fwt_")),
+    ]
+    head = "".join(f"  {name:>22}" for name, _ in builds)
+    print(f"  {'':<38}{head}")
+    for label, job in cases:
+        total = {name: 0.0 for name, _ in builds}
+        peak = {name: 0 for name, _ in builds}
+        done = 0
+        while done < a.runs:
+            block = min(10, a.runs - done)
+            for name, bb in builds:
+                # Jobs are prepared outside the timed part (a POST needs a fresh challenge).
+                jobs = [job(bb) for _ in range(block)]
+                for cmd, env, body, want in jobs:
+                    t = time.perf_counter()
+                    p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
+                    p.stdin.write(body)
+                    p.stdin.close()
+                    out = p.stdout.read()
+                    p.wait()
+                    total[name] += time.perf_counter() - t
+                    p.stdout.close()
+                    if not out.startswith(want):
+                        raise SystemExit(f"{label} ({name}): unexpected answer {out[:120]!r}")
+            done += block
+        # Peak memory, untimed, through scripts/rss.c (see there why not from Python).
+        for name, bb in builds:
+            for _ in range(5):
+                cmd, env, body, _ = job(bb)
+                p = subprocess.run([RSS] + cmd, env=env, input=body, capture_output=True)
+                m = re.search(rb"maxrss_kib=(\d+)", p.stderr)
+                peak[name] = max(peak[name], int(m.group(1)) if m else 0)
+        cells = ""
+        for name, _ in builds:
+            ms = total[name] * 1000 / a.runs
+            cells += f"  {ms:6.2f} ms {ms / base:4.1f}x {peak[name] / 1024:4.1f} MiB"
+        print(f"  {label:<38}{cells}")
+    print("  (each cell: mean time per request, as a multiple of /bin/true, and the peak resident memory of one process)")
 
 
 def bursts(a, b):
