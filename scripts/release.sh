@@ -37,7 +37,7 @@ cp -R deploy/site/. "$stage/public_html/"
 find "$stage/public_html" -name '*.html' -exec \
   sed -i -E 's#/cgi-bin/(contact|captcha|tokens)([?"])#/cgi-bin/\1.cgi\2#g' {} +
 # The runtime tree: skeleton, example config, and the guard for a var/ inside a web root.
-for d in config lock tmp/captcha tmp/ratelimit state/tokens spool/new spool/failed spool/sent; do
+for d in config lock tmp/captcha tmp/ratelimit state/tokens spool/new spool/failed spool/sent spool/quarantine; do
   mkdir -p "$stage/var/$d"
 done
 install -m 644 var/config/config.example.toml "$stage/var/config/config.example.toml"

@@ -20,5 +20,6 @@ mod privacy;
 mod proxies;
 mod release_archive;
 mod release_profile;
+mod spam;
 mod tokens;
 mod webservers;

@@ -174,7 +174,7 @@ trap 'rm -rf "$work"' EXIT
 # Product files are replaced on every deploy (and kept per release for --rollback);
 # examples only ever go where nothing of that name exists; var/ folders are only created.
 var_dirs=(var var/config var/lock var/tmp var/tmp/captcha var/tmp/ratelimit var/state
-  var/state/tokens var/spool var/spool/new var/spool/failed var/spool/sent)
+  var/state/tokens var/spool var/spool/new var/spool/failed var/spool/sent var/spool/quarantine)
 
 # The name of a file in a release copy: dot-files get a visible name, because many FTP
 # servers hide dot-files from listings, and a folder with a hidden file in it could then

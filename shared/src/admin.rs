@@ -100,13 +100,15 @@ pub fn tokens_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> 
     })
 }
 
-const SPOOL_USAGE: &str = "usage: spool retry | list [new|failed|sent] | show ID | requeue ID|all
+const SPOOL_USAGE: &str = "usage: spool retry | list [new|failed|sent|quarantine] | show ID | requeue ID|all | release ID | delete ID
   retry    deliver every due message in var/spool/new (run it from cron, e.g. every 5 minutes);
            prints a summary only when it delivered, deferred or gave up a message
            (--verbose: always); exit 1 when messages were deferred or given up
   list     messages in a folder with attempts and last error (default: new)
   show     one message as stored
-  requeue  move a failed message (or all) back to new/ with fresh attempt counters";
+  requeue  move a failed message (or all) back to new/ with fresh attempt counters
+  release  send a quarantined message (suspected spam) after all
+  delete   remove a quarantined message for good";
 
 /// Runs the `spool` command line; returns the exit code (1 when a retry left messages
 /// undelivered, so cron can mail the operator).
@@ -117,6 +119,7 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
         "new" => Some(Folder::New),
         "failed" => Some(Folder::Failed),
         "sent" => Some(Folder::Sent),
+        "quarantine" | "--quarantine" => Some(Folder::Quarantine),
         _ => None,
     };
     run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
@@ -139,9 +142,24 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
             (Some("list"), f) => {
                 let f = folder(f)?;
                 app.spool.ids(f).and_then(|ids| {
-                    let _ = writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error");
+                    let quarantine = f == Folder::Quarantine;
+                    let _ = if quarantine {
+                        writeln!(out, "id\treceived_at\treasons\tsubject")
+                    } else {
+                        writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error")
+                    };
                     for id in ids {
                         match app.spool.load(f, &id, t)? {
+                            Some(Ok(m)) if quarantine => {
+                                let _ = writeln!(
+                                    out,
+                                    "{}\t{}\t{}\t{}",
+                                    m.id,
+                                    m.received_at,
+                                    m.quarantined_for.join(","),
+                                    m.subject
+                                );
+                            }
                             Some(Ok(m)) => {
                                 let _ = writeln!(
                                     out,
@@ -168,6 +186,32 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                         let _ = writeln!(err, "spool: no message {id}");
                         1
                     }
+                })
+            }
+            (Some(verb @ ("release" | "delete")), Some(id)) => {
+                use crate::delivery::Released;
+                let done = if verb == "release" {
+                    crate::delivery::release(app, id, t)
+                } else {
+                    crate::delivery::delete_quarantined(app, id, t)
+                };
+                done.map(|r| {
+                    let (line, code) = match r {
+                        Released::Delivered => (format!("released {id}: delivered"), 0),
+                        Released::Queued => (
+                            format!("released {id}: in var/spool/new, the next retry sends it"),
+                            0,
+                        ),
+                        Released::Deleted => (format!("deleted {id}"), 0),
+                        Released::NotFound => (format!("no quarantined message {id}"), 1),
+                        Released::Busy => (format!("{id} is busy; try again"), 1),
+                    };
+                    let _ = if code == 0 {
+                        writeln!(out, "{line}")
+                    } else {
+                        writeln!(err, "spool: {line}")
+                    };
+                    code
                 })
             }
             (Some("requeue"), Some(id)) => crate::delivery::requeue(app, id, t).map(|n| {

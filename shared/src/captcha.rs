@@ -317,6 +317,19 @@ impl CaptchaService {
         }
         state::exists(&self.path_of(id))
     }
+
+    /// When challenge `id` was issued, for the time trap; `None` when there is no usable
+    /// challenge of that id (the verification then says why). Read without a lock: the
+    /// issue time never changes, and a file being replaced is read whole or not at all.
+    pub fn issued_at(&self, id: &str, now: u64) -> Result<Option<u64>> {
+        if !self.has_challenge(id)? {
+            return Ok(None);
+        }
+        Ok(match state::read::<Stored>(&self.path_of(id), now)? {
+            state::Loaded::Valid(s) if !s.used && s.expires_at > now => Some(s.created_at),
+            _ => None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct Config {
     pub mail: MailConfig,
     /// Token profiles.
     pub tokens: TokensConfig,
+    /// Spam screening.
+    pub spam: SpamConfig,
     /// Where the config was read from, for messages.
     pub path: PathBuf,
 }
@@ -147,6 +149,37 @@ pub enum SmtpSecurity {
     Plain,
 }
 
+/// Spam screening settings (`[spam]`, plus `var/config/blocked-words.txt` and
+/// `var/config/blocked-domains.txt`).
+#[derive(Debug, Clone)]
+pub struct SpamConfig {
+    /// The time trap: a POST sooner than this after its challenge was issued is not sent.
+    pub min_fill: Duration,
+    /// What a POST that came too soon gets.
+    pub too_soon: TooSoon,
+    /// The content rules.
+    pub rules: crate::screen::Rules,
+    /// Ceiling on quarantined messages; past it new suspects are refused with a 503.
+    pub max_quarantine: usize,
+}
+
+/// What the time trap does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooSoon {
+    /// A friendly "take a moment" page with everything refilled; the challenge stays
+    /// usable.
+    Retry,
+    /// Quarantine the message.
+    Quarantine,
+}
+
+/// The word list's file name in `var/config/`.
+pub const BLOCKED_WORDS_FILE: &str = "blocked-words.txt";
+/// The domain list's file name in `var/config/`.
+pub const BLOCKED_DOMAINS_FILE: &str = "blocked-domains.txt";
+/// The largest list file accepted.
+const MAX_LIST_BYTES: u64 = 1024 * 1024;
+
 /// Token service settings.
 #[derive(Debug, Clone)]
 pub struct TokensConfig {
@@ -191,6 +224,21 @@ struct Raw {
     site_name: Option<String>,
     mail: Option<RawMail>,
     tokens: Option<RawTokens>,
+    spam: Option<RawSpam>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpam {
+    min_fill_seconds: Option<i64>,
+    too_soon: Option<String>,
+    max_links: Option<i64>,
+    links: Option<String>,
+    gibberish_names: Option<String>,
+    repeated_fields: Option<String>,
+    blocked_words: Option<String>,
+    blocked_domains: Option<String>,
+    max_quarantine: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -334,7 +382,11 @@ impl Config {
             }
             Err(e) => return Err(Error::io("read", path, e)),
         };
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.spam.rules.word_list = read_list(&dir.join(BLOCKED_WORDS_FILE))?;
+        config.spam.rules.domain_list = read_list(&dir.join(BLOCKED_DOMAINS_FILE))?;
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
@@ -463,9 +515,72 @@ impl Config {
             site_name: c.text("site_name", raw.site_name, "formwarden", 200)?,
             mail: parse_mail(&c, raw.mail)?,
             tokens: parse_tokens(&c, raw.tokens)?,
+            spam: parse_spam(&c, raw.spam)?,
             path: path.to_path_buf(),
         })
     }
+}
+
+/// One of the operator's list files; a missing file is an empty list.
+fn read_list(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_LIST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io("read", path, e))?;
+    if text.len() as u64 > MAX_LIST_BYTES {
+        return Err(Error::config(
+            path,
+            "(list file)",
+            format!("larger than {MAX_LIST_BYTES} bytes"),
+        ));
+    }
+    Ok(crate::screen::parse_list(&text))
+}
+
+fn parse_spam(c: &Checker<'_>, raw: Option<RawSpam>) -> Result<SpamConfig> {
+    use crate::screen::Action;
+    let raw = raw.unwrap_or_default();
+    let actions = [
+        ("reject", Action::Reject),
+        ("quarantine", Action::Quarantine),
+        ("allow", Action::Allow),
+    ];
+    let action = |key: &str, v: Option<String>| c.choice(key, v.as_deref(), "quarantine", &actions);
+    Ok(SpamConfig {
+        min_fill: c.secs("spam.min_fill_seconds", raw.min_fill_seconds, 3, 0, 600)?,
+        too_soon: c.choice(
+            "spam.too_soon",
+            raw.too_soon.as_deref(),
+            "retry",
+            &[
+                ("retry", TooSoon::Retry),
+                ("quarantine", TooSoon::Quarantine),
+            ],
+        )?,
+        rules: crate::screen::Rules {
+            max_links: c.int("spam.max_links", raw.max_links, 2, 0, 1000)? as usize,
+            links: action("spam.links", raw.links)?,
+            gibberish_names: action("spam.gibberish_names", raw.gibberish_names)?,
+            repeated_fields: action("spam.repeated_fields", raw.repeated_fields)?,
+            blocked_words: action("spam.blocked_words", raw.blocked_words)?,
+            blocked_domains: action("spam.blocked_domains", raw.blocked_domains)?,
+            word_list: Vec::new(),
+            domain_list: Vec::new(),
+        },
+        max_quarantine: c.int(
+            "spam.max_quarantine",
+            raw.max_quarantine,
+            1000,
+            1,
+            1_000_000,
+        )? as usize,
+    })
 }
 
 fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {

@@ -253,6 +253,90 @@ pub fn requeue(app: &App, id: &str, now: u64) -> Result<usize> {
     Ok(moved)
 }
 
+/// What became of a quarantined message the operator acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Moved to `new/` and sent.
+    Delivered,
+    /// Moved to `new/`; the send failed, so the retry run (or a later request) sends it.
+    Queued,
+    /// Removed for good.
+    Deleted,
+    /// No such message in the quarantine.
+    NotFound,
+    /// Another process holds the message right now; try again.
+    Busy,
+}
+
+/// Releases quarantined message `id`: back into `new/` with fresh counters (the reasons
+/// stay on it for the record), then one delivery attempt at once.
+pub fn release(app: &App, id: &str, now: u64) -> Result<Released> {
+    let moved = with_quarantined(app, id, now, |msg| {
+        msg.attempts = 0;
+        msg.next_attempt_at = now;
+        msg.requeued_at = now;
+        app.spool.update(Folder::Quarantine, msg)?;
+        app.spool.move_to(id, Folder::Quarantine, Folder::New)?;
+        tracing::info!(id, "quarantined message released");
+        Ok(())
+    })?;
+    if moved != Released::Delivered {
+        return Ok(moved);
+    }
+    Ok(if deliver_fresh(app, id, now) {
+        Released::Delivered
+    } else {
+        Released::Queued
+    })
+}
+
+/// Deletes quarantined message `id` (and only from the quarantine).
+pub fn delete_quarantined(app: &App, id: &str, now: u64) -> Result<Released> {
+    let done = with_quarantined(app, id, now, |_| {
+        app.spool.remove(Folder::Quarantine, id)?;
+        tracing::info!(id, "quarantined message deleted");
+        Ok(())
+    })?;
+    Ok(match done {
+        Released::Delivered => Released::Deleted,
+        other => other,
+    })
+}
+
+/// Runs `act` on quarantined message `id` under its spool lock. `Delivered` stands for
+/// "acted" here; the callers say what the act was.
+fn with_quarantined(
+    app: &App,
+    id: &str,
+    now: u64,
+    act: impl FnOnce(&mut crate::spool::Message) -> Result<()>,
+) -> Result<Released> {
+    if !crate::spool::is_valid_id(id) {
+        return Err(crate::Error::InvalidInput {
+            what: "spool id",
+            detail: id.to_string(),
+        });
+    }
+    let Some(guard) = app.locks.try_acquire(&LockKey::spool(id))? else {
+        return Ok(Released::Busy);
+    };
+    let outcome = match app.spool.load(Folder::Quarantine, id, now)? {
+        Some(Ok(mut msg)) => {
+            act(&mut msg)?;
+            Released::Delivered
+        }
+        Some(Err(reason)) => {
+            return Err(crate::Error::InvalidInput {
+                what: "quarantined message",
+                detail: format!("{id}: {reason}"),
+            });
+        }
+        None => Released::NotFound,
+    };
+    drop(guard);
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,13 @@
 use crate::app::App;
 use crate::captcha::Outcome;
 use crate::cgi::{BodyError, Request, Response};
-use crate::config::Language;
+use crate::config::{Language, TooSoon};
 use crate::error::Error;
 use crate::form::{self, FieldError, Fields, Problem};
 use crate::json::Json;
 use crate::pages::{self, Lang, Msg, PageCtx, text};
 use crate::ratelimit::{Bucket, Verdict};
+use crate::screen::{self, Rule};
 use crate::state::now;
 use std::io::Read;
 
@@ -370,6 +371,29 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         .cloned()
         .or_else(|| req.cookie(CAPTCHA_COOKIE))
         .unwrap_or_default();
+    let spam = &app.config.spam;
+    // The time trap, from the server's own record of when the challenge was issued, and
+    // before the verification, so that a visitor asked to send again keeps the challenge.
+    let too_soon = match app.captcha.issued_at(&challenge_id, t) {
+        Ok(Some(issued)) => t.saturating_sub(issued) < spam.min_fill.as_secs(),
+        Ok(None) => false,
+        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
+    };
+    if too_soon && spam.too_soon == TooSoon::Retry {
+        tracing::info!(
+            rule = "too_soon",
+            "sent sooner than spam.min_fill_seconds; asked to send again"
+        );
+        return pages::error(
+            &ctx,
+            422,
+            "too_soon",
+            text(l, Msg::TooSoon),
+            &[],
+            Some(&refill),
+            None,
+        );
+    }
     match app.captcha.verify(&challenge_id, &answer, t) {
         Ok(Outcome::Passed) => {}
         Ok(o) => {
@@ -384,7 +408,28 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     }
     // What follows takes only this message's own spool key, which nobody waits on.
     crate::run::done_with_locks();
+    let held_for = match screening(&fields, &contact, spam, too_soon) {
+        Ok(held_for) => held_for,
+        Err(rules) => return refused(&ctx, &rules, &refill),
+    };
     let domain = crate::mail::domain_of(&app.config.mail.from);
+    if !held_for.is_empty() {
+        let reasons = held_for.iter().map(|r| r.name().to_string()).collect();
+        return match app
+            .spool
+            .save_quarantined(&contact, t, &domain, reasons, spam.max_quarantine)
+        {
+            Ok(msg) => {
+                crate::deadline::note_saved();
+                retry_after_answer(&app);
+                // The normal success answer: a sender must not learn which rule held the
+                // message (a bot would adapt), and a person's message is safe in the
+                // quarantine until the operator releases it.
+                success(&ctx, &msg.id, true)
+            }
+            Err(e) => error_response(&ctx, &e, Some(&refill), Doing::Message),
+        };
+    }
     let msg = match app.spool.save(&contact, t, &domain) {
         Ok(m) => m,
         Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
@@ -393,6 +438,56 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
     retry_after_answer(&app);
     success(&ctx, &msg.id, delivered)
+}
+
+/// The spam layers after the CAPTCHA: the rules that quarantine the message (empty: send
+/// it), or `Err` with the rules that refuse it. A filled honeypot quarantines whatever
+/// else matched, so that a bot gets the normal answer and learns nothing.
+fn screening(
+    fields: &Fields,
+    contact: &form::Contact,
+    spam: &crate::config::SpamConfig,
+    too_soon: bool,
+) -> Result<Vec<Rule>, Vec<Rule>> {
+    let mut held = Vec::new();
+    if screen::honeypot_filled(fields) {
+        held.push(Rule::Honeypot);
+    }
+    if too_soon {
+        held.push(Rule::TooSoon);
+    }
+    match screen::verdict(&screen::findings(contact, &spam.rules)) {
+        screen::Verdict::Reject(rules) if held.is_empty() => return Err(rules),
+        screen::Verdict::Reject(rules) | screen::Verdict::Quarantine(rules) => held.extend(rules),
+        screen::Verdict::Deliver => {}
+    }
+    Ok(held)
+}
+
+/// The page for a message a content rule refuses: what to change, the form refilled.
+fn refused(ctx: &PageCtx, rules: &[Rule], refill: &Fields) -> Response {
+    tracing::info!(rules = ?rules, "message refused by a content rule");
+    let wording: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| match r {
+            Rule::Links => Some(Msg::RejectLinks),
+            Rule::GibberishName => Some(Msg::RejectName),
+            Rule::RepeatedField => Some(Msg::RejectRepeated),
+            Rule::BlockedWord => Some(Msg::RejectWord),
+            Rule::BlockedDomain => Some(Msg::RejectDomain),
+            Rule::Honeypot | Rule::TooSoon => None,
+        })
+        .map(|m| text(ctx.lang, m))
+        .collect();
+    pages::error(
+        ctx,
+        422,
+        "refused",
+        &wording.join(" "),
+        &[],
+        Some(refill),
+        None,
+    )
 }
 
 /// Delivery for hosts without cron: once this answer is complete, one bounded retry step

@@ -102,6 +102,7 @@ impl Layout {
             self.spool_dir().join("new"),
             self.spool_dir().join("failed"),
             self.spool_dir().join("sent"),
+            self.spool_dir().join("quarantine"),
         ]
     }
 }

@@ -28,6 +28,7 @@ pub mod quota;
 pub mod random;
 pub mod ratelimit;
 pub mod run;
+pub mod screen;
 pub mod setup;
 pub mod shard;
 pub mod spool;

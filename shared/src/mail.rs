@@ -290,6 +290,7 @@ mod tests {
             next_attempt_at: 0,
             last_error: String::new(),
             requeued_at: 0,
+            quarantined_for: Vec::new(),
         }
     }
 

@@ -137,6 +137,18 @@ pub enum Msg {
     Control,
     /// Field problem.
     BadEmail,
+    /// The time trap: sent sooner than a person fills the form.
+    TooSoon,
+    /// A refusing content rule: too many links.
+    RejectLinks,
+    /// A refusing content rule: the name looks random.
+    RejectName,
+    /// A refusing content rule: the message repeats another field.
+    RejectRepeated,
+    /// A refusing content rule: a word of the site's list.
+    RejectWord,
+    /// A refusing content rule: a domain of the site's list.
+    RejectDomain,
 }
 
 /// The wording of `m` in `lang`.
@@ -251,6 +263,36 @@ pub fn text(lang: Lang, m: Msg) -> &'static str {
         (Lang::De, Control) => "enthält unzulässige Zeichen",
         (Lang::En, BadEmail) => "is not a valid e-mail address",
         (Lang::De, BadEmail) => "ist keine gültige E-Mail-Adresse",
+        (Lang::En, TooSoon) => {
+            "That was very quick. Please check your message and the characters from the image, then send it again."
+        }
+        (Lang::De, TooSoon) => {
+            "Das ging sehr schnell. Bitte prüfen Sie Ihre Nachricht und die Zeichen aus dem Bild und senden Sie sie dann noch einmal."
+        }
+        (Lang::En, RejectLinks) => {
+            "Your message contains too many links. Please remove some and send it again."
+        }
+        (Lang::De, RejectLinks) => {
+            "Ihre Nachricht enthält zu viele Links. Bitte entfernen Sie einige und senden Sie sie noch einmal."
+        }
+        (Lang::En, RejectName) => "Please enter your name as you would sign a letter.",
+        (Lang::De, RejectName) => {
+            "Bitte geben Sie Ihren Namen so ein, wie Sie einen Brief unterschreiben."
+        }
+        (Lang::En, RejectRepeated) => "Please write your message into the message field.",
+        (Lang::De, RejectRepeated) => "Bitte schreiben Sie Ihre Nachricht in das Nachrichtenfeld.",
+        (Lang::En, RejectWord) => {
+            "Your message contains words this site does not accept. Please rephrase it."
+        }
+        (Lang::De, RejectWord) => {
+            "Ihre Nachricht enthält Wörter, die diese Website nicht annimmt. Bitte formulieren Sie sie um."
+        }
+        (Lang::En, RejectDomain) => {
+            "This site does not accept messages with links to, or addresses at, one of the domains you used."
+        }
+        (Lang::De, RejectDomain) => {
+            "Diese Website nimmt keine Nachrichten mit Links zu oder Adressen bei einer der verwendeten Domains an."
+        }
     }
 }
 
@@ -351,6 +393,12 @@ fn shell(ctx: &PageCtx, title: &str, main: &str) -> String {
     )
 }
 
+/// The honeypot (`screen::HONEYPOT_FIELD`): off-screen rather than `display:none` (which
+/// some bots skip), hidden from screen readers, out of the tab order, and marked so that
+/// browsers and password managers (LastPass, 1Password, Bitwarden, Dashlane) do not fill
+/// it. The same markup is in deploy/site/*.html; a test keeps them equal.
+pub const HONEYPOT_HTML: &str = "<div class=\"fw-trap\" aria-hidden=\"true\" style=\"position:absolute;left:-10000px;top:auto;width:1px;height:1px;overflow:hidden\"><label for=\"f-fw-trap\">Leave this field empty</label><input id=\"f-fw-trap\" name=\"fw_trap\" type=\"text\" value=\"\" tabindex=\"-1\" autocomplete=\"off\" data-lpignore=\"true\" data-1p-ignore=\"true\" data-bwignore=\"true\" data-form-type=\"other\"></div>\n";
+
 /// The contact form with status messages, field errors and the visitor's input.
 pub fn form_html(
     ctx: &PageCtx,
@@ -415,6 +463,7 @@ pub fn form_html(
         v = val("message"),
         inv = invalid("message"),
     ));
+    main.push_str(HONEYPOT_HTML);
     main.push_str(&format!(
         "<p><img src=\"{src}\" width=\"{w}\" height=\"{h}\" alt=\"{alt}\"> <a href=\"{again}\">{new}</a></p>\n<label for=\"f-captcha\">{label}</label><input id=\"f-captcha\" name=\"captcha\" type=\"text\" autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required{inv}>\n<button type=\"submit\">{send}</button>\n</form>\n",
         src = escape(&ctx.captcha_url),

@@ -1,7 +1,8 @@
 //! The mail spool: every accepted contact message is saved here, atomically and durably,
 //! before anything tries to send it, so that no accepted message can be lost. Layout
 //! (maildir-like): `var/spool/new/` holds messages waiting for delivery, `failed/` those
-//! that gave up after the configured attempts or age, `sent/` an optional bounded archive.
+//! that gave up after the configured attempts or age, `sent/` an optional bounded archive,
+//! `quarantine/` suspected spam that is never sent unless the operator releases it.
 //! A message is changed or moved only while its lock `spool_{id}` is held; that lock is
 //! what keeps two senders (a POST and a retry run, or two retry runs) from delivering one
 //! message twice. This module never talks to a mail server: `mail` does.
@@ -44,6 +45,9 @@ pub struct Message {
     /// the later of this and `received_at`.
     #[serde(default)]
     pub requeued_at: u64,
+    /// Why it was quarantined (rule names, see `screen::Rule::name`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_for: Vec<String>,
 }
 
 impl Validate for Message {
@@ -89,6 +93,8 @@ pub enum Folder {
     Failed,
     /// Delivered (kept only if configured).
     Sent,
+    /// Suspected spam: kept, never sent unless released.
+    Quarantine,
 }
 
 impl Folder {
@@ -97,6 +103,7 @@ impl Folder {
             Folder::New => "new",
             Folder::Failed => "failed",
             Folder::Sent => "sent",
+            Folder::Quarantine => "quarantine",
         }
     }
 }
@@ -126,6 +133,41 @@ impl Spool {
     /// Saves a new message durably into `new/`. Unique names and create-only writes mean
     /// no message can overwrite another.
     pub fn save(&self, contact: &Contact, now: u64, mail_domain: &str) -> Result<Message> {
+        self.save_into(Folder::New, contact, now, mail_domain, Vec::new())
+    }
+
+    /// Saves a suspected message durably into `quarantine/`, with the rules it matched.
+    /// Refused with [`Error::Full`] when `ceiling` messages wait there already: a flood of
+    /// suspects must not fill the disk, and refusing (the sender sees a 503) loses nothing
+    /// silently.
+    pub fn save_quarantined(
+        &self,
+        contact: &Contact,
+        now: u64,
+        mail_domain: &str,
+        reasons: Vec<String>,
+        ceiling: usize,
+    ) -> Result<Message> {
+        let held = crate::state::list(&self.folder(Folder::Quarantine), ".toml")?.len();
+        if held >= ceiling {
+            return Err(Error::Full {
+                what: "quarantined messages",
+                limit: ceiling,
+            });
+        }
+        let msg = self.save_into(Folder::Quarantine, contact, now, mail_domain, reasons)?;
+        tracing::warn!(id = %msg.id, reasons = ?msg.quarantined_for, "message quarantined");
+        Ok(msg)
+    }
+
+    fn save_into(
+        &self,
+        folder: Folder,
+        contact: &Contact,
+        now: u64,
+        mail_domain: &str,
+        quarantined_for: Vec<String>,
+    ) -> Result<Message> {
         let id = format!(
             "{now}-{}",
             crate::random::hex(&crate::random::bytes::<8>()?)
@@ -142,8 +184,9 @@ impl Spool {
             next_attempt_at: now,
             last_error: String::new(),
             requeued_at: 0,
+            quarantined_for,
         };
-        state::create(&self.path(Folder::New, &msg.id), &msg)?;
+        state::create(&self.path(folder, &msg.id), &msg)?;
         tracing::info!(id = %msg.id, "message spooled");
         Ok(msg)
     }
@@ -169,7 +212,12 @@ impl Spool {
         if !is_valid_id(id) {
             return Ok(None);
         }
-        for f in [Folder::New, Folder::Failed, Folder::Sent] {
+        for f in [
+            Folder::New,
+            Folder::Failed,
+            Folder::Sent,
+            Folder::Quarantine,
+        ] {
             let path = self.path(f, id);
             match std::fs::read_to_string(&path) {
                 Ok(text) => return Ok(Some(text)),
