@@ -169,8 +169,10 @@ fn hostile_ids_are_refused_without_touching_paths() {
 
 #[test]
 fn a_sweep_removes_expired_challenges_stale_windows_and_their_lock_files() {
+    // Lifetimes of 5 s against a clock moved 10 s: the old challenges are over for sure,
+    // and the live one is still valid however slow this machine is right now.
     let site = Site::with(
-        "captcha_lifetime_seconds = 1\nrate_limit_window_seconds = 1",
+        "captcha_lifetime_seconds = 5\nrate_limit_window_seconds = 1",
         "",
     );
     for _ in 0..3 {
