@@ -1,6 +1,8 @@
 //! Renders the picture of a CAPTCHA challenge: the answer text drawn with the embedded
-//! font, each character rotated, scaled and shifted, the whole warped by a sine wave and
-//! crossed by noise lines and speckles, encoded as a small 8-bit grayscale PNG.
+//! font, each character rotated, scaled and shifted so that neighbours touch, the whole
+//! warped by a sine wave, crossed by noise lines, one stroke as thick as the letters and
+//! speckles, with a wavy band in reversed colours, encoded as a small 8-bit grayscale PNG.
+//! scripts/ocr.py measures how often tesseract reads the result (docs/SPAM.md).
 //!
 //! This module owns only the drawing. It is a pure function of the answer and a seed: it
 //! never sees a challenge id, never reads or writes a file, never logs, and never draws
@@ -151,6 +153,12 @@ fn draw(font: &FontRef<'_>, chars: &[char], rng: &mut Rng) -> Result<Vec<u8>, Im
     let straight = random_line(rng);
     let level = rng.range(60.0, 120.0);
     canvas.stroke(&mut scratch, &straight, rng.range(0.45, 0.75), level);
+    // One stroke as thick and dark as the letters' own, through the middle of the text:
+    // a person follows it as a line, but a filter cannot tell it from ink, and it joins
+    // the characters into one shape for OCR's segmentation.
+    let through = wave.apply_all(random_curve(rng, 28.0, HEIGHT as f32 - 28.0));
+    let level = rng.range(25.0, 65.0);
+    canvas.stroke(&mut scratch, &through, rng.range(1.0, 1.35), level);
     // No line is drawn lighter than the text across it: such cuts were tried and made
     // thin stems such as the J's fall apart into something like "!" for a person too.
 
@@ -164,6 +172,11 @@ fn draw(font: &FontRef<'_>, chars: &[char], rng: &mut Rng) -> Result<Vec<u8>, Im
         let centre = point(rng.range(0.0, WIDTH as f32), rng.range(0.0, HEIGHT as f32));
         canvas.dot(centre, rng.range(0.45, 0.9), paper);
     }
+
+    // A band of one or two characters' width in reversed colours, with wavy edges: light
+    // letters on dark there. People read both; a threshold turns the band into a dark
+    // block with holes, which OCR reads as nothing or as noise.
+    canvas.invert_band(rng);
 
     Ok(canvas.into_gray())
 }
@@ -282,7 +295,9 @@ fn layout<'a>(
                 scale_y,
                 width: w * c + h * s,
                 height: w * s + h * c,
-                gap: rng.range(-0.03, 0.07),
+                // Neighbours touch or overlap a little: a reader's eye separates them,
+                // while OCR, which cuts the line into characters first, cannot.
+                gap: rng.range(-0.10, 0.0),
             }
         })
         .collect();
@@ -548,6 +563,31 @@ impl Canvas {
             for x in x0..x1 {
                 let d = distance(centre, point(x as f32 + 0.5, y as f32 + 0.5));
                 self.blend(x, y, radius + 0.5 - d, level);
+            }
+        }
+    }
+
+    /// Reverses the levels inside a vertical band 30 to 48 pixels wide somewhere over the
+    /// text, its edges swaying with the height. The edges are soft (a 2-pixel ramp) so
+    /// that no hard seam cuts a letter.
+    fn invert_band(&mut self, rng: &mut Rng) {
+        let width = rng.range(30.0, 48.0);
+        let left = rng.range(MARGIN_X + 20.0, WIDTH as f32 - MARGIN_X - 20.0 - width);
+        let sway = rng.range(3.0, 8.0);
+        let period = std::f32::consts::TAU / rng.range(40.0, 90.0);
+        let phase = rng.range(0.0, std::f32::consts::TAU);
+        let tilt = rng.range(-0.25, 0.25);
+        for y in 0..H {
+            let fy = y as f32;
+            let shift = sway * (fy * period + phase).sin() + tilt * (fy - H as f32 / 2.0);
+            let (from, to) = (left + shift, left + shift + width);
+            for x in 0..W {
+                let fx = x as f32 + 0.5;
+                let inside = ((fx - from).min(to - fx) / 2.0 + 0.5).clamp(0.0, 1.0);
+                if inside > 0.0 {
+                    let v = &mut self.levels[y * W + x];
+                    *v += (255.0 - 2.0 * *v) * inside;
+                }
             }
         }
     }
