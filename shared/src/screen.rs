@@ -246,9 +246,9 @@ fn contains_word(haystack: &str, needle: &str) -> bool {
 }
 
 /// A random-looking mixed-case word: at least 6 ASCII letters, neither all capitals nor
-/// capitalised normally, with the case changing at least 5 times and at more than a third
+/// capitalised normally, with the case changing at least 5 times and at more than half
 /// of its letters. `wYrHwDwEgDCx` changes 10 times in 12 letters; real names with inner
-/// capitals stay well below (`McDonald` 2, `VanDerBerg` 4 in 10, `DeShawn` 2).
+/// capitals stay at or below half (`McDonald` 2, `VanDerBerg` 5 in 10, `DeShawn` 2).
 pub fn is_gibberish_name(name: &str) -> bool {
     name.split_whitespace().any(|word| {
         let letters: Vec<char> = word.chars().collect();
@@ -262,7 +262,7 @@ pub fn is_gibberish_name(name: &str) -> bool {
             .windows(2)
             .filter(|w| w[0].is_ascii_uppercase() != w[1].is_ascii_uppercase())
             .count();
-        changes >= 5 && changes * 3 > letters.len()
+        changes >= 5 && changes * 2 > letters.len()
     })
 }
 
