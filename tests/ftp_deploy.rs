@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 
 /// The one-time secret whose hash goes into the config for the first admin token.
 const BOOTSTRAP_SECRET: &str = "first-admin-secret-for-the-ftp-test-0123456789";
+/// What an update replaces, as the tests check it: the executables, the script, a command.
+const UPDATED: [&str; 5] = [
+    "public_html/cgi-bin/captcha.cgi",
+    "public_html/cgi-bin/contact.cgi",
+    "public_html/cgi-bin/tokens.cgi",
+    "public_html/contact.js",
+    "bin/spool",
+];
 /// The executables of a release, as deployed.
 const LIVE_EXECUTABLES: [&str; 3] = [
     "public_html/cgi-bin/captcha.cgi",
@@ -30,12 +38,35 @@ const LIVE_EXECUTABLES: [&str; 3] = [
     "public_html/cgi-bin/tokens.cgi",
 ];
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use formwarden::random::hex;
 
 fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
+}
+
+/// Asserts that each of `rels` is live as release `want` ("A" or "B").
+fn assert_release(live: &Path, a: &Path, b: &Path, rels: &[&str], want: &str, when: &str) {
+    for rel in rels {
+        assert_eq!(which(live, a, b, rel), want, "{rel} {when}");
+    }
+}
+
+/// Messages waiting in `var/spool/new/` (temp files aside).
+fn spooled(root: &Path) -> usize {
+    std::fs::read_dir(root.join("var/spool/new"))
+        .expect("spool")
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
+/// Release copies kept in `formwarden-releases/`.
+fn release_copies(root: &Path) -> usize {
+    std::fs::read_dir(root.join("formwarden-releases"))
+        .expect("releases")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count()
 }
 
 /// Replaces `from` in `text`, and fails loudly when the example config no longer has it.
@@ -137,14 +168,8 @@ fn solve(root: &Path, browser: &Client) -> String {
             *a = alphabet[k % alphabet.len()];
             k /= alphabet.len();
         }
-        let mut h = Sha256::new();
-        h.update(b"formwarden-captcha\0");
-        h.update(SALT.as_bytes());
-        h.update(b"\0");
-        h.update(id.as_bytes());
-        h.update(b"\0");
-        h.update(answer);
-        if hex(&h.finalize()) == want {
+        let guess = String::from_utf8_lossy(&answer);
+        if formwarden::captcha::answer_hash(SALT, id, &guess) == want {
             return String::from_utf8_lossy(&answer).into_owned();
         }
     }
@@ -459,12 +484,7 @@ fn an_update_keeps_state_and_config_and_rollback_switches_releases() {
     std::fs::write(root.join("public_html/index.html"), "<p>my own page</p>").expect("write");
 
     let state_before = snapshot(&root.join("var"));
-    let spooled = std::fs::read_dir(root.join("var/spool/new"))
-        .expect("spool")
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count();
-    assert_eq!(spooled, 1, "one message waits in the spool");
+    assert_eq!(spooled(root), 1, "one message waits in the spool");
 
     let b = b_archive.to_str().expect("utf-8");
     let whole_before = snapshot(root);
@@ -498,54 +518,27 @@ fn an_update_keeps_state_and_config_and_rollback_switches_releases() {
         "the operator's page stays"
     );
     let live = root.to_path_buf();
-    for rel in LIVE_EXECUTABLES
-        .iter()
-        .chain(&["public_html/contact.js", "bin/spool"])
-    {
-        assert_eq!(
-            which(&live, &a_top, &b_top, rel),
-            "B",
-            "{rel} after the update"
-        );
-    }
+    assert_release(&live, &a_top, &b_top, &UPDATED, "B", "after the update");
     assert_answers(&server);
 
     let back = deploy(&ftp, &["--rollback", "--var-mode", "shared", &url]);
     assert_ok(&back, &ftp);
-    for rel in LIVE_EXECUTABLES
-        .iter()
-        .chain(&["public_html/contact.js", "bin/spool"])
-    {
-        assert_eq!(
-            which(&live, &a_top, &b_top, rel),
-            "A",
-            "{rel} after --rollback"
-        );
-    }
+    assert_release(&live, &a_top, &b_top, &UPDATED, "A", "after --rollback");
     assert_answers(&server);
     let forward = deploy(&ftp, &["--rollback", "--var-mode", "shared", &url]);
     assert_ok(&forward, &ftp);
-    for rel in LIVE_EXECUTABLES {
-        assert_eq!(
-            which(&live, &a_top, &b_top, rel),
-            "B",
-            "{rel} after a second --rollback"
-        );
-    }
+    assert_release(
+        &live,
+        &a_top,
+        &b_top,
+        &LIVE_EXECUTABLES,
+        "B",
+        "after a second --rollback",
+    );
     // The message is still there, and still one.
-    let still = std::fs::read_dir(root.join("var/spool/new"))
-        .expect("spool")
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count();
-    assert_eq!(still, 1);
+    assert_eq!(spooled(root), 1);
     // Two release copies are kept: the live one and the one before.
-    let copies = std::fs::read_dir(root.join("formwarden-releases"))
-        .expect("releases")
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .count();
-    assert_eq!(copies, 2);
+    assert_eq!(release_copies(root), 2);
 }
 
 /// Tells whether a deploy reached a phase, from what the account folder holds.
@@ -667,18 +660,18 @@ fn a_deploy_cut_off_half_way_leaves_a_working_site_and_can_be_run_again() {
         &fast,
     );
     assert_ne!(current(), first);
-    for rel in LIVE_EXECUTABLES.iter().chain(&["public_html/contact.js"]) {
-        assert_eq!(which(&root, &a_top, &b_top, rel), "B", "{rel}");
-    }
+    assert_release(
+        &root,
+        &a_top,
+        &b_top,
+        &UPDATED[..4],
+        "B",
+        "after the completed deploy",
+    );
     send_message(&server, &root, "After the completed deploy");
     assert_eq!(wait_for_mail(&smtp, 3).len(), 3);
     // The half-uploaded copies were removed; the live release and the one before stay.
-    let copies = std::fs::read_dir(root.join("formwarden-releases"))
-        .expect("releases")
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .count();
-    assert_eq!(copies, 2);
+    assert_eq!(release_copies(&root), 2);
 }
 
 /// Without TLS on the server the deploy refuses before anything is uploaded, and says how

@@ -149,6 +149,19 @@ pub fn is_valid_id(id: &str) -> bool {
     id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The stored form of `answer` for challenge `id`: `sha256(salt, id, answer)` in hex, over
+/// the normalized answer. Only someone who knows the salt can test guesses against it.
+pub fn answer_hash(salt: &str, id: &str, answer: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"formwarden-captcha\0");
+    h.update(salt.as_bytes());
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    h.update(b"\0");
+    h.update(normalize_answer(answer).as_bytes());
+    crate::random::hex(&h.finalize())
+}
+
 /// Upper-cases the answer and drops whitespace, so "ab c7" and "ABC7" are the same.
 fn normalize_answer(answer: &str) -> String {
     answer
@@ -173,14 +186,7 @@ impl CaptchaService {
     }
 
     fn hash(&self, id: &str, answer: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(b"formwarden-captcha\0");
-        h.update(self.settings.salt.as_bytes());
-        h.update(b"\0");
-        h.update(id.as_bytes());
-        h.update(b"\0");
-        h.update(normalize_answer(answer).as_bytes());
-        crate::random::hex(&h.finalize())
+        answer_hash(&self.settings.salt, id, answer)
     }
 
     /// Creates and stores a new challenge (under its own lock, like every write).

@@ -130,11 +130,12 @@ pub fn findings(contact: &Contact, rules: &Rules) -> Vec<Finding> {
             out.push(Finding { rule, action });
         }
     };
-    let text = format!("{}\n{}", contact.subject, contact.message);
+    // Every rule below compares lower-case text; it is made once.
+    let text = format!("{}\n{}", contact.subject, contact.message).to_lowercase();
     add(
         Rule::Links,
         rules.links,
-        count_links(&text) > rules.max_links,
+        count_lower_links(&text) > rules.max_links,
     );
     add(
         Rule::GibberishName,
@@ -146,7 +147,7 @@ pub fn findings(contact: &Contact, rules: &Rules) -> Vec<Finding> {
         rules.repeated_fields,
         repeats_a_field(contact),
     );
-    let all = format!("{}\n{}", contact.name, text).to_lowercase();
+    let all = format!("{}\n{}", contact.name.to_lowercase(), text);
     add(
         Rule::BlockedWord,
         rules.blocked_words,
@@ -189,7 +190,11 @@ pub fn verdict(findings: &[Finding]) -> Verdict {
 
 /// Links in `text`: `http://`, `https://`, `www.` and BBCode `[url`, case-insensitively.
 pub fn count_links(text: &str) -> usize {
-    let t = text.to_lowercase();
+    count_lower_links(&text.to_lowercase())
+}
+
+/// [`count_links`] of text that is lower-case already.
+fn count_lower_links(t: &str) -> usize {
     ["http://", "https://", "[url"]
         .iter()
         .map(|p| t.matches(p).count())
@@ -200,9 +205,8 @@ pub fn count_links(text: &str) -> usize {
             .count()
 }
 
-/// The host names of the links in `text`, lower-case.
-fn link_hosts(text: &str) -> Vec<String> {
-    let t = text.to_lowercase();
+/// The host names of the links in lower-case `t`.
+fn link_hosts(t: &str) -> Vec<String> {
     let mut hosts = Vec::new();
     for prefix in ["http://", "https://", "www."] {
         for (i, _) in t.match_indices(prefix) {
