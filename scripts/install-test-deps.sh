@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components the end-to-end tests start (nothing is mocked where the
 # real thing is cheap to start): Apache with mod_cgid, nginx with fcgiwrap, spawn-fcgi,
-# vsftpd and lftp for the FTP deploy,
+# vsftpd and lftp for the FTP deploy, tesseract for the OCR bot of the spam suite, espeak-ng
+# for the audio CAPTCHA's asset script,
 # Chromium for the browser test, openssl for the test CA, and aiosmtpd as the SMTP
 # server. Idempotent: it only installs what is missing.
 set -euo pipefail
@@ -18,6 +19,8 @@ have openssl || need_apt+=(openssl)
 have curl || need_apt+=(curl)
 have lftp || need_apt+=(lftp)
 have vsftpd || [ -x /usr/sbin/vsftpd ] || need_apt+=(vsftpd)
+have tesseract || need_apt+=(tesseract-ocr)
+have espeak-ng || need_apt+=(espeak-ng)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The three scenarios of flow.mjs, each of which sends exactly one message.
-const SCENARIOS: [&str; 3] = ["nojs", "js", "de"];
+/// The scenarios of flow.mjs on a site with the default challenge policy, each of which
+/// sends exactly one message.
+const SCENARIOS: [&str; 4] = ["nojs", "js", "de", "audio"];
 
 #[test]
 fn contact_page_works_with_and_without_its_script_in_english_and_german() {
@@ -38,14 +39,19 @@ fn contact_page_works_with_and_without_its_script_in_english_and_german() {
         .map_or_else(|| site.root().join("shots"), PathBuf::from);
     std::fs::create_dir_all(&shots).expect("screenshot folder");
 
-    let r = run_flow(&server, &base, &marker, &shots);
+    let r = run_flow(&server, &base, &marker, &shots, &[]);
 
     // What the visitor saw without JavaScript: the executables' own pages.
     let ok = r.get("nojs.ok_status");
     assert!(ok == "200" || ok == "202", "no-JS success status {ok}");
     r.eq("nojs.page_status", "200");
     r.eq("nojs.script_ran", "false");
+    r.eq("nojs.new_image_status", "200");
     r.eq("nojs.new_image_changed", "true");
+    r.contains(
+        "nojs.new_image_kept",
+        "Ada Lovelace|Sent without JavaScript.",
+    );
     r.eq("nojs.wrong_status", "403");
     r.eq("nojs.wrong_h1", "Your message was not sent");
     r.contains(
@@ -65,7 +71,9 @@ fn contact_page_works_with_and_without_its_script_in_english_and_german() {
     let ok = r.get("js.ok_status");
     assert!(ok == "200" || ok == "202", "script success status {ok}");
     r.eq("js.page_status", "200");
+    r.eq("js.captcha_requests_on_load", "1");
     r.eq("js.new_image_in_place", "true");
+    r.eq("js.new_image_is_data", "true");
     r.eq("js.new_image_status", "A new security image is shown.");
     r.eq("js.fields_status", "422");
     r.eq("js.fields_live", "Please correct the marked fields.");
@@ -129,17 +137,63 @@ fn contact_page_works_with_and_without_its_script_in_english_and_german() {
     r.eq("de.posts", &format!("422,403,{ok}"));
     r.eq("de.post_lang", "de");
 
+    // A visitor on the audio path: Chromium plays the recording of the page's challenge,
+    // a second request for it is refused, and the characters heard pass.
+    r.eq("audio.page_status", "200");
+    r.eq("audio.duration_ok", "true");
+    r.eq("audio.src_names_challenge", "true");
+    r.eq("audio.first", "200 audio/wav");
+    r.eq("audio.again_status", "410");
+    r.contains("audio.again_live", "each one plays once");
+    let ok = r.get("audio.ok_status");
+    assert!(ok == "200" || ok == "202", "audio success status {ok}");
+
     drop(server);
-    assert_arrived_once(&site, &marker, &r);
+    assert_arrived_once(&site, &marker, &r, &SCENARIOS);
+}
+
+/// Proof-of-work in Chromium under `spam.challenge = "pow-or-image"` at the default
+/// difficulty: the page's worker solves each puzzle, the visitor types no characters, and
+/// the message arrives. The worker's times are printed (a benchmark figure for
+/// docs/SPAM.md, never asserted).
+#[test]
+fn proof_of_work_lets_a_script_visitor_through_without_typing() {
+    let site = Site::with(
+        "",
+        "[spam]\nmin_fill_seconds = 0\nchallenge = \"pow-or-image\"\n",
+    );
+    let server = Nginx::start_cgi(&site);
+    let base = format!("http://127.0.0.1:{}", server.port());
+    let marker = unique_marker();
+    let shots = site.root().join("shots");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let r = run_flow(&server, &base, &marker, &shots, &["--only", "pow"]);
+    r.eq("pow.page_status", "200");
+    r.eq("pow.runs", "5");
+    r.eq("pow.bits", "18");
+    r.eq("pow.captcha_required", "false");
+    r.contains("pow.status_text", "you need not type the characters");
+    r.eq("pow.post_had_work", "true");
+    r.eq("pow.post_captcha", "");
+    let ok = r.get("pow.ok_status");
+    assert!(ok == "200" || ok == "202", "pow success status {ok}");
+    eprintln!(
+        "proof-of-work in Chromium at {} bits: {} ms for {} hashes",
+        r.get("pow.bits"),
+        r.get("pow.ms"),
+        r.get("pow.tried")
+    );
+    drop(server);
+    assert_arrived_once(&site, &marker, &r, &["pow"]);
 }
 
 /// Every successful scenario's message is in the runtime tree exactly once: delivered into
 /// the mail-out folder when the answer said "sent" (200), waiting in `spool/new/` when it
 /// said "queued" (202); nothing else was accepted, and no client address was written.
-fn assert_arrived_once(site: &Site, marker: &str, r: &Report) {
+fn assert_arrived_once(site: &Site, marker: &str, r: &Report, scenarios: &[&str]) {
     let delivered = contents(&site.var("mail-out"));
     let waiting = contents(&site.var("spool/new"));
-    for scenario in SCENARIOS {
+    for &scenario in scenarios {
         let tag = format!("{marker}-{scenario}");
         let count = |files: &[(String, String)]| {
             files.iter().filter(|(_, text)| text.contains(&tag)).count()
@@ -152,7 +206,7 @@ fn assert_arrived_once(site: &Site, marker: &str, r: &Report) {
     }
     assert_eq!(
         delivered.len() + waiting.len(),
-        SCENARIOS.len(),
+        scenarios.len(),
         "exactly one message per scenario: {:?} {:?}",
         names(&delivered),
         names(&waiting)
@@ -198,7 +252,7 @@ fn repo() -> PathBuf {
 }
 
 /// Runs flow.mjs against `base` and parses its report; a failure shows the server's logs.
-fn run_flow(server: &Server, base: &str, marker: &str, shots: &Path) -> Report {
+fn run_flow(server: &Server, base: &str, marker: &str, shots: &Path, extra: &[&str]) -> Report {
     let dir = repo().join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
@@ -212,6 +266,7 @@ fn run_flow(server: &Server, base: &str, marker: &str, shots: &Path) -> Report {
         .arg(dir.join("flow.mjs"))
         .args(["--base", base, "--marker", marker, "--shots"])
         .arg(shots)
+        .args(extra)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .output()

@@ -20,8 +20,11 @@ fn the_image_is_a_png_with_a_one_time_cookie_and_no_cache() {
     assert_eq!(a.header("cache-control"), Some("no-store"));
     assert!(a.body.starts_with(b"\x89PNG\r\n\x1a\n"));
     let cookie = a.header("set-cookie").expect("cookie");
+    // Not HttpOnly: the page's script copies the id into its form (contact.js), so that
+    // another tab replacing the cookie cannot swap this page's challenge.
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/")
+        cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
+        "{cookie}"
     );
     let id = a.cookie("fw_captcha").expect("id");
     // The answer is stored only as a hash.

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod alternatives;
 mod bad_input;
 mod browser;
 mod captcha;

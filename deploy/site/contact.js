@@ -1,16 +1,23 @@
 // Optional enhancement of the example contact form. Without it the form posts normally and
 // the contact executable answers with a whole page; with it the form is sent by fetch, the
 // answer is shown in place (field errors next to their fields, everything else in the live
-// region) and the CAPTCHA is fetched as JSON so that its id travels in the form rather than
-// in the shared cookie, which another tab may have replaced. No frameworks, no external
-// resources; a browser too old to run it simply keeps the plain form.
+// region) and the challenge's id travels in the form rather than in the shared cookie,
+// which another tab may replace: the id of the page's own image is copied from the cookie
+// once the image has loaded (one challenge per page view), later ones come as JSON. Under
+// a proof-of-work policy (config spam.challenge) pow-worker.js solves the challenge's puzzle
+// in the background, with visible progress. No frameworks, no external resources; a
+// browser too old to run it simply keeps the plain form.
 'use strict';
 (() => {
   const form = document.getElementById('contact-form');
   const status = document.getElementById('form-status');
   if (!form || !status || !window.fetch || !window.URLSearchParams) return;
   const img = form.querySelector('.captcha img');
-  const newImage = form.querySelector('.captcha a');
+  const audio = form.querySelector('.captcha-audio audio');
+  // A page from before 0.2 has a link instead of the button; updates never replace an
+  // operator's pages, so both must work.
+  const newImage = form.querySelector('button[name="fw_action"]') || form.querySelector('.captcha a');
+  const workerUrl = new URL('pow-worker.js', document.currentScript.src);
   const answer = form.elements.captcha;
   const button = form.querySelector('button[type="submit"]');
   // Our own few strings follow the page; the server's messages come localized because every
@@ -24,6 +31,11 @@
       network: 'The server could not be reached. Your message was not sent; please try again.',
       newImage: 'A new security image is shown.',
       noImage: 'A new security image could not be loaded. Please reload the page.',
+      working: 'Security check running in the background…',
+      workDone: 'Security check done.',
+      workDoneNoTyping: 'Security check done: you need not type the characters.',
+      finishing: 'Finishing the security check…',
+      audioFailed: 'The recording could not be played (each one plays once). Choose “Show a new image” for new characters.',
     },
     de: {
       sending: 'Ihre Nachricht wird gesendet …',
@@ -32,6 +44,11 @@
       network: 'Der Server war nicht erreichbar. Ihre Nachricht wurde nicht gesendet; bitte versuchen Sie es erneut.',
       newImage: 'Ein neues Sicherheitsbild wird angezeigt.',
       noImage: 'Es konnte kein neues Sicherheitsbild geladen werden. Bitte laden Sie die Seite neu.',
+      working: 'Sicherheitsprüfung läuft im Hintergrund …',
+      workDone: 'Sicherheitsprüfung erledigt.',
+      workDoneNoTyping: 'Sicherheitsprüfung erledigt: Sie müssen die Zeichen nicht abtippen.',
+      finishing: 'Die Sicherheitsprüfung wird abgeschlossen …',
+      audioFailed: 'Die Aufnahme konnte nicht abgespielt werden (jede spielt einmal). Wählen Sie „Neues Bild anzeigen“ für neue Zeichen.',
     },
   }[lang];
   let captchaUrl = img.getAttribute('src');
@@ -41,6 +58,19 @@
     type: 'hidden', name: 'captcha_id', disabled: true,
   });
   form.appendChild(idField);
+  const powField = Object.assign(document.createElement('input'), {
+    type: 'hidden', name: 'pow', disabled: true,
+  });
+  form.appendChild(powField);
+  // The puzzle's progress, shown under the answer field while the worker runs.
+  const powStatus = Object.assign(document.createElement('p'), { className: 'pow-status', hidden: true });
+  powStatus.setAttribute('aria-live', 'polite');
+  const powText = document.createElement('span');
+  const powBar = Object.assign(document.createElement('progress'), { max: 100, value: 0 });
+  powBar.setAttribute('aria-label', T.working);
+  powStatus.append(powText, powBar);
+  answer.insertAdjacentElement('afterend', powStatus);
+  let work = null; // { worker, done: Promise<boolean> } for the current challenge
   // The status region takes the focus when there is no field to send the visitor to.
   status.tabIndex = -1;
 
@@ -78,6 +108,81 @@
     describe(el, el.id + '-error', true);
   }
 
+  const cookie = (name) =>
+    document.cookie.split(/;\s*/).find((c) => c.startsWith(name + '='))?.slice(name.length + 1);
+
+  // Starts the puzzle of challenge `id` (`bits` leading zero bits) in a worker; under
+  // "pow-or-image" the typed characters are then optional. A worker that cannot start
+  // leaves the form as it is: the characters still pass.
+  function startWork(id, bits, policy) {
+    if (work) work.worker.terminate();
+    work = null;
+    for (const k of ['ms', 'tried', 'bits']) delete powStatus.dataset[k];
+    powField.disabled = true;
+    answer.required = true;
+    powStatus.hidden = true;
+    if (!bits || !window.Worker) return;
+    let worker;
+    try {
+      worker = new Worker(workerUrl);
+    } catch {
+      return;
+    }
+    const expected = 2 ** bits;
+    powText.textContent = T.working;
+    powBar.hidden = false;
+    powBar.value = 0;
+    powStatus.hidden = false;
+    const done = new Promise((resolve) => {
+      worker.onmessage = (ev) => {
+        if (ev.data.progress) {
+          // The expected number of tries is 2^bits; the bar stops short of the end until
+          // the answer is found.
+          powBar.value = Math.min(95, (100 * ev.data.progress) / expected);
+          return;
+        }
+        // What the work cost, for whoever looks (the browser test reports it).
+        Object.assign(powStatus.dataset, { ms: ev.data.ms, tried: ev.data.tried, bits });
+        Object.assign(powField, { value: ev.data.nonce, disabled: false });
+        powBar.hidden = true;
+        if (policy === 'pow-or-image') {
+          answer.required = false;
+          powText.textContent = T.workDoneNoTyping;
+        } else {
+          powText.textContent = T.workDone;
+        }
+        worker.terminate();
+        resolve(true);
+      };
+      worker.onerror = () => {
+        powStatus.hidden = true;
+        resolve(false);
+      };
+    });
+    work = { worker, done };
+    worker.postMessage({ id, bits });
+  }
+
+  // Points the form, the recording and the puzzle at challenge `id`.
+  function bind(id, bits, policy) {
+    Object.assign(idField, { value: id, disabled: false });
+    if (audio) {
+      const u = new URL(captchaUrl, location.href);
+      u.search = new URLSearchParams({ audio: '1', id, lang }).toString();
+      audio.src = u.toString();
+    }
+    startWork(id, bits, policy);
+  }
+
+  // The page's own image: its challenge is the one its answer's cookie names. Read once the
+  // image has loaded, before another tab's image can replace the cookie.
+  function bindPageImage() {
+    const id = cookie('fw_captcha');
+    if (!id) return;
+    const [bits, policy] = (cookie('fw_pow') || '').split('.');
+    bind(id, Number(bits) || 0, policy);
+  }
+
   // Fetches a fresh challenge and shows it. When that fails the form falls back to the
   // challenge the cookie names; `quiet` is for the first load, where the plain image and its
   // cookie are still good and the visitor need not hear about it.
@@ -90,7 +195,7 @@
       const j = await r.json().catch(() => null);
       if (!r.ok || !j || !j.id) throw new Error((j && j.message) || T.noImage);
       Object.assign(img, { src: j.image, width: j.width, height: j.height });
-      Object.assign(idField, { value: j.id, disabled: false });
+      bind(j.id, j.pow ? j.pow.bits : 0, j.policy);
       answer.value = '';
       return true;
     } catch (e) {
@@ -100,10 +205,12 @@
     }
   }
 
-  newImage.addEventListener('click', async (ev) => {
+  newImage?.addEventListener('click', async (ev) => {
     ev.preventDefault();
     if (await loadCaptcha()) say(T.newImage, 'info', false);
   });
+
+  if (audio) audio.addEventListener('error', () => say(T.audioFailed, 'error', false));
 
   // A field the visitor changes is no longer marked as wrong.
   form.addEventListener('input', (ev) => {
@@ -116,6 +223,10 @@
     button.disabled = true;
     form.setAttribute('aria-busy', 'true');
     for (const el of form.querySelectorAll('[aria-invalid="true"]')) clearError(el);
+    if (work && powField.disabled) {
+      say(T.finishing, 'busy', false);
+      await work.done;
+    }
     say(T.sending, 'busy', false);
     let r = null;
     let j = null;
@@ -158,5 +269,6 @@
     else status.focus();
   });
 
-  loadCaptcha(true);
+  if (img.complete && img.naturalWidth) bindPageImage();
+  else img.addEventListener('load', bindPageImage, { once: true });
 })();

@@ -70,6 +70,9 @@ impl App {
                 max_attempts: config.captcha_max_attempts,
                 length: config.captcha_length,
                 max_challenges: config.max_challenges,
+                policy: config.spam.challenge,
+                pow_bits: config.spam.pow_bits,
+                pow_extra_bits: config.spam.pow_extra_bits,
             },
         );
         let tokens = TokenService::new(

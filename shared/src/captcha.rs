@@ -4,6 +4,12 @@
 //! the lock `captcha_{id}`, so one challenge can pass at most once even when the same
 //! answer arrives twice at the same moment. Ids that are not exactly what we issue (32
 //! lower-case hex digits) are refused before they come near a path.
+//!
+//! Two alternatives to typing the picture's characters hang off the same challenge: the
+//! recording (the answer, sealed with a key from the salt, may be rendered as speech once)
+//! and proof-of-work for script clients (a SHA-256 puzzle bound to the id, whose
+//! difficulty is stored with it). Both are one-time with the challenge. This module never
+//! renders anything and never sees a request.
 
 use crate::error::{Error, Result};
 use crate::lock::{LockKey, LockRunner};
@@ -20,6 +26,27 @@ pub const ALPHABET: &[u8] = b"ACDEFHJKMNPRTUVWXY34679";
 /// Length of a challenge id in hex digits (128 random bits).
 pub const ID_LEN: usize = 32;
 
+/// Most characters an answer can have (config `captcha_length` is 4 to 8).
+const MAX_ANSWER: usize = 8;
+
+/// Hardest puzzle a challenge may carry: 2^32 hashes is minutes even for native code.
+pub const MAX_POW_BITS: u32 = 32;
+
+/// Longest proof-of-work nonce accepted (decimal digits).
+const MAX_NONCE_LEN: usize = 16;
+
+/// What a visitor must do to pass a challenge (config `spam.challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Type the picture's characters (or the recording's).
+    Image,
+    /// The characters and the puzzle, both: the form then needs JavaScript.
+    ImageAndWork,
+    /// The characters or the puzzle: the page's script may pass by work (the path for
+    /// visitors who cannot see the picture); without script the characters are needed.
+    WorkOrImage,
+}
+
 /// A challenge as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +61,16 @@ pub struct Stored {
     pub attempts: u32,
     /// True once it passed (or was burnt by too many wrong answers).
     pub used: bool,
+    /// The answer XOR a key from the salt and the id, in hex, so that the recording can
+    /// speak it once; empty for challenges from before recordings existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sealed_answer: String,
+    /// Leading zero bits the proof-of-work must have; 0: no puzzle was set.
+    #[serde(default)]
+    pub pow_bits: u32,
+    /// True once the recording was rendered: never a second rendering of one answer.
+    #[serde(default)]
+    pub audio_played: bool,
 }
 
 impl Validate for Stored {
@@ -44,6 +81,15 @@ impl Validate for Stored {
         }
         if self.created_at > now + state::CLOCK_SLACK || self.expires_at < self.created_at {
             return Err("time stamps out of range".into());
+        }
+        if self.sealed_answer.len() > 2 * MAX_ANSWER
+            || !self.sealed_answer.len().is_multiple_of(2)
+            || !self.sealed_answer.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("sealed_answer is not a short hex string".into());
+        }
+        if self.pow_bits > MAX_POW_BITS {
+            return Err(format!("pow_bits above {MAX_POW_BITS}"));
         }
         Ok(())
     }
@@ -58,6 +104,42 @@ pub struct Challenge {
     pub answer: String,
     /// Unix expiry.
     pub expires_at: u64,
+    /// Leading zero bits of the puzzle; 0 when none was set.
+    pub pow_bits: u32,
+}
+
+/// One visitor's try at a challenge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attempt<'a> {
+    /// The characters typed (may be empty on the proof-of-work path).
+    pub answer: &'a str,
+    /// The proof-of-work nonce, if the script solved the puzzle.
+    pub work: Option<&'a str>,
+    /// The time trap in its "ask again" form: an attempt sooner than this many seconds
+    /// after the challenge was issued is refused with [`Outcome::TooSoon`], and the
+    /// challenge stays as it was.
+    pub hold_sooner_than: Option<u64>,
+}
+
+/// How a verification ended, and when the challenge was issued (0 if unknown), for the
+/// time trap in its quarantine form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Unix time the challenge was issued.
+    pub issued_at: u64,
+}
+
+/// What the recording endpoint may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recording {
+    /// Speak this answer (the challenge is now marked as played).
+    Answer(String),
+    /// Played before: a second rendering would let a bot combine two.
+    AlreadyPlayed,
+    /// Used, expired, unknown, or from before recordings existed.
+    Unavailable,
 }
 
 /// How a verification ended.
@@ -78,6 +160,8 @@ pub enum Outcome {
     Used,
     /// No such challenge (never issued, swept, or a hostile id).
     Unknown,
+    /// Sooner than `spam.min_fill_seconds` after it was issued; nothing changed.
+    TooSoon,
 }
 
 /// What the decision policy wants done with a challenge.
@@ -91,8 +175,16 @@ pub enum ActionPlan {
     Delete(Outcome),
 }
 
-/// The decision policy for one verification.
-pub fn decide(stored: Option<&Stored>, answer_ok: bool, now: u64, max_attempts: u32) -> ActionPlan {
+/// The decision policy for one verification: `passed` says whether the attempt meets the
+/// policy (right characters, or valid work), `hold_sooner_than` is the time trap's "ask
+/// again" bound (see [`Attempt`]).
+pub fn decide(
+    stored: Option<&Stored>,
+    passed: bool,
+    now: u64,
+    max_attempts: u32,
+    hold_sooner_than: Option<u64>,
+) -> ActionPlan {
     let Some(s) = stored else {
         return ActionPlan::Refuse(Outcome::Unknown);
     };
@@ -106,8 +198,11 @@ pub fn decide(stored: Option<&Stored>, answer_ok: bool, now: u64, max_attempts: 
     if now >= s.expires_at {
         return ActionPlan::Delete(Outcome::Expired);
     }
+    if hold_sooner_than.is_some_and(|min| now < s.created_at.saturating_add(min)) {
+        return ActionPlan::Refuse(Outcome::TooSoon);
+    }
     let mut next = s.clone();
-    if answer_ok {
+    if passed {
         next.used = true;
         return ActionPlan::Update(next, Outcome::Passed);
     }
@@ -134,6 +229,98 @@ pub struct Settings {
     pub length: usize,
     /// Ceiling on outstanding challenges (see [`CaptchaService::create`]).
     pub max_challenges: usize,
+    /// What passes a challenge.
+    pub policy: Policy,
+    /// Puzzle difficulty for a client with an empty window, in leading zero bits.
+    pub pow_bits: u32,
+    /// Bits added as the client's window fills up (all of them when it is full).
+    pub pow_extra_bits: u32,
+}
+
+impl Settings {
+    /// The puzzle difficulty for a challenge issued to a client whose window is `fill`
+    /// full (0 to 1); 0: no puzzle. Each extra bit doubles the expected work, so a client
+    /// that keeps asking pays more and more.
+    pub fn pow_bits_for(&self, fill: f32) -> u32 {
+        if self.policy == Policy::Image {
+            return 0;
+        }
+        let steps = self.pow_extra_bits as f32 + 1.0;
+        let extra = ((fill.clamp(0.0, 1.0) * steps) as u32).min(self.pow_extra_bits);
+        (self.pow_bits + extra).min(MAX_POW_BITS)
+    }
+}
+
+/// True when `nonce` (1 to 16 decimal digits) solves the puzzle of challenge `id`: the
+/// SHA-256 of `"{id}:{nonce}"` starts with at least `bits` zero bits. One hash, however
+/// hard the puzzle.
+pub fn work_valid(id: &str, nonce: &str, bits: u32) -> bool {
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN || !nonce.bytes().all(|b| b.is_ascii_digit())
+    {
+        return false;
+    }
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(b":");
+    h.update(nonce.as_bytes());
+    leading_zero_bits(&h.finalize()) >= bits
+}
+
+fn leading_zero_bits(digest: &[u8]) -> u32 {
+    let mut bits = 0;
+    for &b in digest {
+        if b == 0 {
+            bits += 8;
+        } else {
+            return bits + b.leading_zeros();
+        }
+    }
+    bits
+}
+
+/// The key the answer is sealed with for the recording: only someone who knows the salt
+/// can open it, as only they can test guesses against the answer hash.
+fn seal_key(salt: &str, id: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"formwarden-recording\0");
+    h.update(salt.as_bytes());
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    h.finalize().into()
+}
+
+fn seal(salt: &str, id: &str, answer: &str) -> String {
+    let key = seal_key(salt, id);
+    let sealed: Vec<u8> = answer.bytes().zip(key).map(|(a, k)| a ^ k).collect();
+    crate::random::hex(&sealed)
+}
+
+fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
+    let key = seal_key(salt, id);
+    let bytes = sealed.as_bytes();
+    let mut out = String::with_capacity(bytes.len() / 2);
+    for (pair, k) in bytes.chunks(2).zip(key) {
+        let byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()? ^ k;
+        if !ALPHABET.contains(&byte) {
+            return None;
+        }
+        out.push(char::from(byte));
+    }
+    Some(out)
+}
+
+/// The decision for a recording request: the challenge marked as played, or why not.
+fn decide_recording(stored: Option<&Stored>, now: u64) -> std::result::Result<Stored, Recording> {
+    let s = stored.ok_or(Recording::Unavailable)?;
+    if s.used || now >= s.expires_at || s.sealed_answer.is_empty() {
+        return Err(Recording::Unavailable);
+    }
+    if s.audio_played {
+        return Err(Recording::AlreadyPlayed);
+    }
+    let mut next = s.clone();
+    next.audio_played = true;
+    Ok(next)
 }
 
 /// The CAPTCHA service over one runtime tree.
@@ -190,16 +377,22 @@ impl CaptchaService {
     }
 
     /// Creates and stores a new challenge (under its own lock, like every write).
-    pub fn create(&self, now: u64) -> Result<Challenge> {
+    /// `fill` is the share of the client's window used so far (see
+    /// [`Settings::pow_bits_for`]).
+    pub fn create(&self, now: u64, fill: f32) -> Result<Challenge> {
         let id = crate::random::hex(&crate::random::bytes::<16>()?);
         let answer = crate::random::from_alphabet(ALPHABET, self.settings.length)?;
         let expires_at = now + self.settings.lifetime.as_secs();
+        let pow_bits = self.settings.pow_bits_for(fill);
         let stored = Stored {
             answer_hash: self.hash(&id, &answer),
             created_at: now,
             expires_at,
             attempts: 0,
             used: false,
+            sealed_answer: seal(&self.settings.salt, &id, &answer),
+            pow_bits,
+            audio_played: false,
         };
         let path = self.path_of(&id);
         self.make_room(&path, now)?;
@@ -210,43 +403,97 @@ impl CaptchaService {
             id,
             answer,
             expires_at,
+            pow_bits,
         })
     }
 
-    /// Verifies `answer` for challenge `id`, once, under `captcha_{id}`.
-    pub fn verify(&self, id: &str, answer: &str, now: u64) -> Result<Outcome> {
+    /// The answer of challenge `id` for its one recording, under `captcha_{id}`; marks the
+    /// challenge as played, so that a second request gets [`Recording::AlreadyPlayed`].
+    pub fn recording(&self, id: &str, now: u64) -> Result<Recording> {
+        if !self.has_challenge(id)? {
+            return Ok(Recording::Unavailable);
+        }
+        let path = self.path_of(id);
+        self.locks.run(&LockKey::captcha(id), || {
+            let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::CaptchaGet)?;
+            let next = match decide_recording(stored.as_ref(), now) {
+                Ok(next) => next,
+                Err(why) => return Ok(why),
+            };
+            let Some(answer) = unseal(&self.settings.salt, id, &next.sealed_answer) else {
+                // A salt changed since the challenge was issued: it cannot be spoken.
+                return Ok(Recording::Unavailable);
+            };
+            state::write_with(&path, &next, Durability::Ephemeral)?;
+            Ok(Recording::Answer(answer))
+        })
+    }
+
+    /// Verifies one attempt at challenge `id`, once, under `captcha_{id}`.
+    pub fn verify(&self, id: &str, attempt: &Attempt<'_>, now: u64) -> Result<Verified> {
+        let unknown = Verified {
+            outcome: Outcome::Unknown,
+            issued_at: 0,
+        };
         if !is_valid_id(id) {
-            return Ok(Outcome::Unknown);
+            return Ok(unknown);
         }
         let path = self.path_of(id);
         // A challenge file appears when the challenge is created, before its id is handed
         // out, and never comes back once it is removed. So an id without a file is unknown
         // for good, and saying so needs no lock: a never-issued id leaves no lock file.
         if !state::exists(&path)? {
-            return Ok(Outcome::Unknown);
+            return Ok(unknown);
         }
         self.locks.run(&LockKey::captcha(id), || {
             let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::ContactPost)?;
-            // Answers longer than any challenge cannot be right; skip hashing them.
-            let answer_ok = answer.len() <= 64
-                && stored.as_ref().is_some_and(|s| {
-                    crate::random::constant_time_eq(
-                        self.hash(id, answer).as_bytes(),
-                        s.answer_hash.as_bytes(),
-                    )
-                });
-            match decide(stored.as_ref(), answer_ok, now, self.settings.max_attempts) {
-                ActionPlan::Refuse(o) => Ok(o),
+            let passed = stored.as_ref().is_some_and(|s| self.passes(id, s, attempt));
+            let plan = decide(
+                stored.as_ref(),
+                passed,
+                now,
+                self.settings.max_attempts,
+                attempt.hold_sooner_than,
+            );
+            let outcome = match plan {
+                ActionPlan::Refuse(o) => o,
                 ActionPlan::Update(s, o) => {
                     state::write_with(&path, &s, Durability::Ephemeral)?;
-                    Ok(o)
+                    o
                 }
                 ActionPlan::Delete(o) => {
                     crate::atomic::remove(&path)?;
-                    Ok(o)
+                    o
                 }
-            }
+            };
+            Ok(Verified {
+                outcome,
+                issued_at: stored.map_or(0, |s| s.created_at),
+            })
         })
+    }
+
+    /// The service's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether `attempt` meets the policy for challenge `s`: the characters, the work, or
+    /// either. A challenge issued without a puzzle always needs the characters.
+    fn passes(&self, id: &str, s: &Stored, attempt: &Attempt<'_>) -> bool {
+        // Answers longer than any challenge cannot be right; skip hashing them.
+        let answer_ok = !attempt.answer.is_empty()
+            && attempt.answer.len() <= 64
+            && crate::random::constant_time_eq(
+                self.hash(id, attempt.answer).as_bytes(),
+                s.answer_hash.as_bytes(),
+            );
+        let work_ok = s.pow_bits > 0 && attempt.work.is_some_and(|n| work_valid(id, n, s.pow_bits));
+        match (self.settings.policy, s.pow_bits) {
+            (Policy::Image, _) | (_, 0) => answer_ok,
+            (Policy::ImageAndWork, _) => answer_ok && work_ok,
+            (Policy::WorkOrImage, _) => answer_ok || work_ok,
+        }
     }
 
     /// The ceiling policy: when the shard a new challenge goes into already holds its
@@ -323,19 +570,6 @@ impl CaptchaService {
         }
         state::exists(&self.path_of(id))
     }
-
-    /// When challenge `id` was issued, for the time trap; `None` when there is no usable
-    /// challenge of that id (the verification then says why). Read without a lock: the
-    /// issue time never changes, and a file being replaced is read whole or not at all.
-    pub fn issued_at(&self, id: &str, now: u64) -> Result<Option<u64>> {
-        if !self.has_challenge(id)? {
-            return Ok(None);
-        }
-        Ok(match state::read::<Stored>(&self.path_of(id), now)? {
-            state::Loaded::Valid(s) if !s.used && s.expires_at > now => Some(s.created_at),
-            _ => None,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -349,16 +583,20 @@ mod tests {
             expires_at,
             attempts: 0,
             used: false,
+            sealed_answer: String::new(),
+            pow_bits: 0,
+            audio_played: false,
         }
     }
 
     #[test]
     fn a_challenge_passes_once() {
-        let ActionPlan::Update(s, Outcome::Passed) = decide(Some(&stored(100)), true, 10, 3) else {
+        let ActionPlan::Update(s, Outcome::Passed) = decide(Some(&stored(100)), true, 10, 3, None)
+        else {
             panic!("pass")
         };
         assert!(matches!(
-            decide(Some(&s), true, 11, 3),
+            decide(Some(&s), true, 11, 3, None),
             ActionPlan::Refuse(Outcome::Used)
         ));
     }
@@ -367,7 +605,7 @@ mod tests {
     fn wrong_answers_are_bounded() {
         let mut s = stored(100);
         for left in [2, 1] {
-            match decide(Some(&s), false, 10, 3) {
+            match decide(Some(&s), false, 10, 3, None) {
                 ActionPlan::Update(n, Outcome::Wrong { attempts_left }) => {
                     assert_eq!(attempts_left, left);
                     s = n;
@@ -375,11 +613,11 @@ mod tests {
                 other => panic!("expected wrong, got {other:?}"),
             }
         }
-        let ActionPlan::Update(s, Outcome::Exhausted) = decide(Some(&s), false, 10, 3) else {
+        let ActionPlan::Update(s, Outcome::Exhausted) = decide(Some(&s), false, 10, 3, None) else {
             panic!("burnt")
         };
         assert!(matches!(
-            decide(Some(&s), true, 10, 3),
+            decide(Some(&s), true, 10, 3, None),
             ActionPlan::Refuse(Outcome::Exhausted)
         ));
     }
@@ -387,11 +625,11 @@ mod tests {
     #[test]
     fn expired_and_unknown_never_pass() {
         assert!(matches!(
-            decide(Some(&stored(100)), true, 100, 3),
+            decide(Some(&stored(100)), true, 100, 3, None),
             ActionPlan::Delete(Outcome::Expired)
         ));
         assert!(matches!(
-            decide(None, true, 1, 3),
+            decide(None, true, 1, 3, None),
             ActionPlan::Refuse(Outcome::Unknown)
         ));
     }
@@ -403,6 +641,89 @@ mod tests {
         assert!(!is_valid_id("../../etc/passwd"));
         assert!(!is_valid_id(&"a".repeat(33)));
         assert!(!is_valid_id("ääääääääääääääää"));
+    }
+
+    #[test]
+    fn the_time_trap_holds_a_quick_attempt_without_changing_anything() {
+        let s = stored(100);
+        assert!(matches!(
+            decide(Some(&s), true, 2, 3, Some(3)),
+            ActionPlan::Refuse(Outcome::TooSoon)
+        ));
+        assert!(matches!(
+            decide(Some(&s), true, 3, 3, Some(3)),
+            ActionPlan::Update(_, Outcome::Passed)
+        ));
+    }
+
+    #[test]
+    fn work_is_checked_with_one_hash_against_its_own_id() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let nonce = (0u64..)
+            .map(|n| n.to_string())
+            .find(|n| work_valid(id, n, 12))
+            .expect("a nonce");
+        assert!(work_valid(id, &nonce, 12));
+        for bad in ["", "-1", "12a", "00000000000000000"] {
+            assert!(!work_valid(id, bad, 0), "{bad:?}");
+        }
+        assert_eq!(leading_zero_bits(&[0, 0x10, 0xff]), 11);
+        assert_eq!(leading_zero_bits(&[0; 4]), 32);
+    }
+
+    #[test]
+    fn the_sealed_answer_opens_only_with_its_salt_and_id() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let sealed = seal("salt-one", id, "ACD47");
+        assert!(!sealed.contains("ACD47"));
+        assert_eq!(unseal("salt-one", id, &sealed).as_deref(), Some("ACD47"));
+        assert_ne!(unseal("salt-two", id, &sealed).as_deref(), Some("ACD47"));
+    }
+
+    #[test]
+    fn a_recording_is_granted_once_for_a_live_challenge() {
+        let mut s = stored(100);
+        s.sealed_answer = "00".into();
+        let played = decide_recording(Some(&s), 10).expect("granted");
+        assert!(played.audio_played);
+        assert_eq!(
+            decide_recording(Some(&played), 10).err(),
+            Some(Recording::AlreadyPlayed)
+        );
+        assert_eq!(
+            decide_recording(Some(&s), 100).err(),
+            Some(Recording::Unavailable)
+        );
+        s.used = true;
+        assert_eq!(
+            decide_recording(Some(&s), 10).err(),
+            Some(Recording::Unavailable)
+        );
+        assert_eq!(
+            decide_recording(None, 10).err(),
+            Some(Recording::Unavailable)
+        );
+    }
+
+    #[test]
+    fn the_puzzle_grows_with_the_window_and_only_under_a_work_policy() {
+        let mut settings = Settings {
+            salt: String::new(),
+            lifetime: Duration::from_secs(60),
+            max_attempts: 3,
+            length: 5,
+            max_challenges: 1000,
+            policy: Policy::WorkOrImage,
+            pow_bits: 18,
+            pow_extra_bits: 4,
+        };
+        let bits: Vec<u32> = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+            .iter()
+            .map(|&f| settings.pow_bits_for(f))
+            .collect();
+        assert_eq!(bits, [18, 19, 20, 21, 22, 22]);
+        settings.policy = Policy::Image;
+        assert_eq!(settings.pow_bits_for(1.0), 0);
     }
 
     #[test]

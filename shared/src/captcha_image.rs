@@ -13,6 +13,7 @@
 //! The font is a subset of DejaVu Sans Bold renamed to "Formwarden Captcha Sans"; it lives
 //! in `shared/assets/` together with its licence and the script that produced it.
 
+use crate::seeded::Rng;
 use ab_glyph::{
     Font, FontRef, GlyphId, Outline, OutlineCurve, OutlinedGlyph, Point, PxScaleFactor, Rect, point,
 };
@@ -611,61 +612,6 @@ fn segment_distance(p: Point, a: Point, b: Point) -> f32 {
         0.0
     };
     distance(p, point(a.x + dx * t, a.y + dy * t))
-}
-
-/// xoshiro256** seeded through SplitMix64: small, fast, and fully determined by the seed.
-/// It needs no cryptographic strength because the seed itself is fresh OS randomness and
-/// the picture is shown to the client anyway; it only has to spread the seed's bits over
-/// every choice so that pictures of the same answer look unrelated.
-struct Rng {
-    state: [u64; 4],
-}
-
-impl Rng {
-    fn from_seed(seed: [u8; 32]) -> Self {
-        let mut state = [0u64; 4];
-        for (word, chunk) in state.iter_mut().zip(seed.chunks_exact(8)) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(chunk);
-            // SplitMix64's finaliser is a bijection, so distinct seeds give distinct
-            // states, and related seeds (say, differing in one bit) do not give related
-            // streams.
-            *word = splitmix64(u64::from_le_bytes(bytes));
-        }
-        // The all-zero state would make xoshiro emit zeros forever; only one seed maps to
-        // it, but it must still draw a normal picture.
-        if state == [0; 4] {
-            state[0] = 0x9E37_79B9_7F4A_7C15;
-        }
-        Self { state }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let s = &mut self.state;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// A uniform number in `[lo, hi)`.
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        // The top 24 bits fill an f32 mantissa exactly, so the result is below 1.
-        let unit = (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

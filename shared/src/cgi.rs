@@ -117,6 +117,20 @@ impl Request {
             || self.query_param("format").as_deref() == Some("json")
     }
 
+    /// True when the request comes from an `<img>` element (or asks for an image and not
+    /// a page): error answers are then pictures that say what went wrong, instead of a
+    /// page the browser would show as a broken image.
+    pub fn wants_image(&self) -> bool {
+        if self.wants_json() {
+            return false;
+        }
+        if let Some(dest) = self.header("sec-fetch-dest") {
+            return dest.eq_ignore_ascii_case("image");
+        }
+        self.header("accept")
+            .is_some_and(|a| a.contains("image/") && !a.contains("text/html"))
+    }
+
     /// True when the request came over TLS (cookies then get `Secure`).
     pub fn is_https(&self) -> bool {
         self.var("HTTPS")

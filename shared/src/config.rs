@@ -49,6 +49,9 @@ pub struct Config {
     pub trusted_proxies: ProxyList,
     /// Shown on pages and in the mail subject.
     pub site_name: String,
+    /// The site's stylesheet, linked from the built-in pages (`stylesheet = "/style.css"`)
+    /// so that error pages look like the site; an operator template replaces them wholly.
+    pub stylesheet: Option<String>,
     /// Mail settings.
     pub mail: MailConfig,
     /// Token profiles.
@@ -161,6 +164,12 @@ pub struct SpamConfig {
     pub rules: crate::screen::Rules,
     /// Ceiling on quarantined messages; past it new suspects are refused with a 503.
     pub max_quarantine: usize,
+    /// What passes a challenge: the characters, or proof-of-work from the page's script.
+    pub challenge: crate::captcha::Policy,
+    /// Proof-of-work difficulty for a client with an empty window (leading zero bits).
+    pub pow_bits: u32,
+    /// Bits added as the client's window of CAPTCHA requests fills.
+    pub pow_extra_bits: u32,
 }
 
 /// What the time trap does.
@@ -222,6 +231,7 @@ struct Raw {
     language: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     site_name: Option<String>,
+    stylesheet: Option<String>,
     mail: Option<RawMail>,
     tokens: Option<RawTokens>,
     spam: Option<RawSpam>,
@@ -239,6 +249,9 @@ struct RawSpam {
     blocked_words: Option<String>,
     blocked_domains: Option<String>,
     max_quarantine: Option<i64>,
+    challenge: Option<String>,
+    pow_bits: Option<i64>,
+    pow_extra_bits: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -513,12 +526,37 @@ impl Config {
             language,
             trusted_proxies,
             site_name: c.text("site_name", raw.site_name, "formwarden", 200)?,
+            stylesheet: match raw.stylesheet {
+                None => None,
+                Some(url) => {
+                    Some(check_stylesheet(&url).map_err(|m| Error::config(path, "stylesheet", m))?)
+                }
+            },
             mail: parse_mail(&c, raw.mail)?,
             tokens: parse_tokens(&c, raw.tokens)?,
             spam: parse_spam(&c, raw.spam)?,
             path: path.to_path_buf(),
         })
     }
+}
+
+/// The site's stylesheet URL must be a path on the site or an https URL without anything
+/// that could end the attribute it is written into.
+fn check_stylesheet(url: &str) -> std::result::Result<String, &'static str> {
+    let ok_start = url.starts_with('/') && !url.starts_with("//") || url.starts_with("https://");
+    if !ok_start {
+        return Err("must start with / (a path on this site) or https://");
+    }
+    if url.len() > 500
+        || url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'<>`\\".contains(c))
+    {
+        return Err(
+            "must be a plain URL: no spaces, quotes or angle brackets, at most 500 characters",
+        );
+    }
+    Ok(url.to_string())
 }
 
 /// One of the operator's list files; a missing file is an empty list.
@@ -580,6 +618,18 @@ fn parse_spam(c: &Checker<'_>, raw: Option<RawSpam>) -> Result<SpamConfig> {
             1,
             1_000_000,
         )? as usize,
+        challenge: c.choice(
+            "spam.challenge",
+            raw.challenge.as_deref(),
+            "image",
+            &[
+                ("image", crate::captcha::Policy::Image),
+                ("image+pow", crate::captcha::Policy::ImageAndWork),
+                ("pow-or-image", crate::captcha::Policy::WorkOrImage),
+            ],
+        )?,
+        pow_bits: c.int("spam.pow_bits", raw.pow_bits, 18, 1, 28)? as u32,
+        pow_extra_bits: c.int("spam.pow_extra_bits", raw.pow_extra_bits, 4, 0, 8)? as u32,
     })
 }
 

@@ -7,7 +7,7 @@
 //! the installation is broken.
 
 use crate::app::App;
-use crate::captcha::Outcome;
+use crate::captcha::{Outcome, Policy};
 use crate::cgi::{BodyError, Request, Response};
 use crate::config::{Language, TooSoon};
 use crate::error::Error;
@@ -21,6 +21,9 @@ use std::io::Read;
 
 /// Name of the cookie that carries the challenge id to a plain HTML form.
 pub const CAPTCHA_COOKIE: &str = "fw_captcha";
+
+/// The field and value of the no-script "Show a new image" button (see `pages`).
+pub const NEW_IMAGE_ACTION: (&str, &str) = ("fw_action", "new_image");
 
 fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
     let language = app.map_or(Language::Auto, |a| a.config.language);
@@ -44,7 +47,9 @@ fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
         contact_url,
         captcha_url: req.sibling_url(own, "captcha"),
         json: req.wants_json(),
+        image: own == "captcha" && req.wants_image(),
         template_dir: app.map(|a| a.layout.config_dir()),
+        stylesheet: app.and_then(|a| a.config.stylesheet.clone()),
     }
 }
 
@@ -164,6 +169,10 @@ pub fn captcha(req: Request, body: &mut dyn Read) -> Response {
     head_like_get(req, body, captcha_get)
 }
 
+/// Name of the cookie that tells the page's script the proof-of-work difficulty of the
+/// challenge the picture belongs to (only under a proof-of-work policy).
+pub const POW_COOKIE: &str = "fw_pow";
+
 fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
     test_hook_panic(&req);
     let app = App::discover();
@@ -176,18 +185,24 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
     let t = now();
-    match app
+    // Pictures and recordings share one budget: a recording is another way to the same
+    // challenge, and must not be a way around the limit.
+    let remaining = match app
         .limiter
         .hit(&app.client_key(&req), Bucket::CaptchaGet, t)
     {
-        Ok(Verdict::Admitted { .. }) => {}
+        Ok(Verdict::Admitted { remaining }) => remaining,
         Ok(Verdict::Limited { retry_after }) => return rate_limited(&ctx, retry_after, None),
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
-    }
-    // The client's key was the one lock others wait on; the new challenge's key is fresh
-    // and nobody else knows it yet.
+    };
+    // The client's key was the one lock others wait on; the challenge's key is its own.
     crate::run::done_with_locks();
-    let challenge = match app.captcha.create(t) {
+    if req.query_param("audio").is_some() {
+        return recording(&req, &app, &ctx, t);
+    }
+    let max = app.config.captcha_max_get.max(1) as f32;
+    let fill = 1.0 - remaining as f32 / max;
+    let challenge = match app.captcha.create(t, fill) {
         Ok(c) => c,
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
@@ -201,13 +216,23 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
     let lifetime = challenge.expires_at.saturating_sub(t);
-    let mut cookie = format!(
-        "{CAPTCHA_COOKIE}={}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax",
-        challenge.id
-    );
-    if req.is_https() {
-        cookie.push_str("; Secure");
-    }
+    // Not HttpOnly: the page's script reads the id once the picture has loaded and sends
+    // it in the form, so that another tab's picture (which replaces the cookie) cannot
+    // swap this page's challenge. The id opens nothing by itself; the JSON answer hands it
+    // to scripts anyway.
+    let cookie = |name: &str, value: &str| {
+        let mut c = format!("{name}={value}; Path=/; Max-Age={lifetime}; SameSite=Lax");
+        if req.is_https() {
+            c.push_str("; Secure");
+        }
+        c
+    };
+    let pow = (challenge.pow_bits > 0).then(|| {
+        Json::obj([
+            ("algorithm", Json::str("SHA-256")),
+            ("bits", Json::Int(i64::from(challenge.pow_bits))),
+        ])
+    });
     let resp = if ctx.json {
         Response::json(
             200,
@@ -223,14 +248,64 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
                 ("width", Json::Int(i64::from(crate::captcha_image::WIDTH))),
                 ("height", Json::Int(i64::from(crate::captcha_image::HEIGHT))),
                 ("expires_in", Json::Int(lifetime as i64)),
+                ("policy", Json::str(policy_name(app.config.spam.challenge))),
+                ("pow", pow.unwrap_or(Json::Null)),
             ])
             .render(),
         )
     } else {
         Response::bytes(200, "image/png", png)
     };
-    let resp = resp.header("Set-Cookie", cookie);
+    let mut resp = resp.header("Set-Cookie", cookie(CAPTCHA_COOKIE, &challenge.id));
+    if challenge.pow_bits > 0 {
+        let value = format!(
+            "{}.{}",
+            challenge.pow_bits,
+            policy_name(app.config.spam.challenge)
+        );
+        resp = resp.header("Set-Cookie", cookie(POW_COOKIE, &value));
+    }
     test_hook_answer(resp, &challenge.answer)
+}
+
+fn policy_name(p: crate::captcha::Policy) -> &'static str {
+    match p {
+        crate::captcha::Policy::Image => "image",
+        crate::captcha::Policy::ImageAndWork => "image+pow",
+        crate::captcha::Policy::WorkOrImage => "pow-or-image",
+    }
+}
+
+/// `GET captcha?audio=1`: the one recording of the challenge named by `id` (the page's
+/// script) or the cookie (a page without script), spoken in the page's language.
+fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
+    let id = req
+        .query_param("id")
+        .or_else(|| req.cookie(CAPTCHA_COOKIE))
+        .unwrap_or_default();
+    let answer = match app.captcha.recording(&id, t) {
+        Ok(crate::captcha::Recording::Answer(a)) => a,
+        Ok(why) => {
+            tracing::info!(?why, "recording refused");
+            let (code, msg) = match why {
+                crate::captcha::Recording::AlreadyPlayed => ("audio_played", Msg::AudioPlayed),
+                _ => ("audio_unavailable", Msg::AudioUnavailable),
+            };
+            return pages::error(ctx, 410, code, text(ctx.lang, msg), &[], None, None);
+        }
+        Err(e) => return error_response(ctx, &e, None, Doing::Image),
+    };
+    let voice = match ctx.lang {
+        Lang::En => crate::captcha_audio::Voice::En,
+        Lang::De => crate::captcha_audio::Voice::De,
+    };
+    match crate::random::bytes::<32>().and_then(|seed| {
+        crate::captcha_audio::render_wav(&answer, voice, seed)
+            .map_err(|e| Error::Render(e.to_string()))
+    }) {
+        Ok(wav) => test_hook_answer(Response::bytes(200, "audio/wav", wav), &answer),
+        Err(e) => error_response(ctx, &e, None, Doing::Image),
+    }
 }
 
 /// Test builds (feature `test-hooks`, never in release packages) reveal the answer in a
@@ -316,10 +391,21 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     };
     let mut refill = fields.clone();
     refill.remove("captcha");
+    refill.remove("pow");
+    // "Show a new image" on the page without script posts the form back, so that nothing
+    // typed is lost: the same form, filled in, with a fresh picture. Nothing else happens.
+    if fields.get(NEW_IMAGE_ACTION.0).map(String::as_str) == Some(NEW_IMAGE_ACTION.1) {
+        return Response::html(200, pages::form_html(&ctx, &[], &[], &refill));
+    }
     let answer = fields
         .get("captcha")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    let work = fields
+        .get("pow")
+        .map(|w| w.trim())
+        .filter(|w| !w.is_empty());
+    let policy = app.config.spam.challenge;
     let (contact, mut errors) = match form::validate(&fields) {
         Ok(c) => (Some(c), Vec::new()),
         Err(e) => (None, e),
@@ -335,7 +421,8 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
             problem: Problem::BadEmail,
         });
     }
-    if answer.is_empty() {
+    // Under "pow-or-image" the script's work stands in for the characters.
+    if answer.is_empty() && !(policy == Policy::WorkOrImage && work.is_some()) {
         errors.push(FieldError {
             field: "captcha",
             problem: Problem::Missing,
@@ -372,36 +459,50 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         .or_else(|| req.cookie(CAPTCHA_COOKIE))
         .unwrap_or_default();
     let spam = &app.config.spam;
-    // The time trap, from the server's own record of when the challenge was issued, and
-    // before the verification, so that a visitor asked to send again keeps the challenge.
-    // With the trap off, the challenge is not read twice.
-    let too_soon = if spam.min_fill.is_zero() {
-        false
-    } else {
-        match app.captcha.issued_at(&challenge_id, t) {
-            Ok(Some(issued)) => t.saturating_sub(issued) < spam.min_fill.as_secs(),
-            Ok(None) => false,
-            Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
-        }
-    };
-    if too_soon && spam.too_soon == TooSoon::Retry {
-        tracing::info!(
-            rule = "too_soon",
-            "sent sooner than spam.min_fill_seconds; asked to send again"
-        );
+    if policy == Policy::ImageAndWork && work.is_none() {
+        tracing::info!("no proof-of-work under spam.challenge = \"image+pow\"");
         return pages::error(
             &ctx,
             422,
-            "too_soon",
-            text(l, Msg::TooSoon),
+            "needs_script",
+            text(l, Msg::NeedsScript),
             &[],
             Some(&refill),
             None,
         );
     }
-    match app.captcha.verify(&challenge_id, &answer, t) {
-        Ok(Outcome::Passed) => {}
-        Ok(o) => {
+    // The time trap, from the server's own record of when the challenge was issued,
+    // checked under the challenge's lock before the answer: a visitor asked to send again
+    // keeps the challenge.
+    let hold = (!spam.min_fill.is_zero() && spam.too_soon == TooSoon::Retry)
+        .then_some(spam.min_fill.as_secs());
+    let attempt = crate::captcha::Attempt {
+        answer: &answer,
+        work,
+        hold_sooner_than: hold,
+    };
+    let verified = match app.captcha.verify(&challenge_id, &attempt, t) {
+        Ok(v) => v,
+        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
+    };
+    match verified.outcome {
+        Outcome::Passed => {}
+        Outcome::TooSoon => {
+            tracing::info!(
+                rule = "too_soon",
+                "sent sooner than spam.min_fill_seconds; asked to send again"
+            );
+            return pages::error(
+                &ctx,
+                422,
+                "too_soon",
+                text(l, Msg::TooSoon),
+                &[],
+                Some(&refill),
+                None,
+            );
+        }
+        o => {
             tracing::info!(outcome = ?o, "CAPTCHA refused");
             let (code, msg) = match o {
                 Outcome::Wrong { .. } | Outcome::Exhausted => ("captcha_wrong", Msg::CaptchaWrong),
@@ -409,8 +510,10 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
             };
             return pages::error(&ctx, 403, code, text(l, msg), &[], Some(&refill), None);
         }
-        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
     }
+    // The time trap in its quarantine form: the challenge passed, but too soon.
+    let too_soon =
+        !spam.min_fill.is_zero() && t.saturating_sub(verified.issued_at) < spam.min_fill.as_secs();
     // What follows takes only this message's own spool key, which nobody waits on.
     crate::run::done_with_locks();
     let held_for = match screening(&fields, &contact, spam, too_soon) {

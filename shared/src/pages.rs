@@ -149,6 +149,18 @@ pub enum Msg {
     RejectWord,
     /// A refusing content rule: a domain of the site's list.
     RejectDomain,
+    /// The recording of this challenge was played already.
+    AudioPlayed,
+    /// The challenge for a recording is used, expired or unknown.
+    AudioUnavailable,
+    /// Label of the recording player.
+    Listen,
+    /// Text of the link for browsers without an audio player.
+    ListenLink,
+    /// Hint before the "new image" button.
+    CannotRead,
+    /// `spam.challenge = "image+pow"` without the script's work.
+    NeedsScript,
 }
 
 /// The wording of `m` in `lang`.
@@ -293,6 +305,30 @@ pub fn text(lang: Lang, m: Msg) -> &'static str {
         (Lang::De, RejectDomain) => {
             "Diese Website nimmt keine Nachrichten mit Links zu oder Adressen bei einer der verwendeten Domains an."
         }
+        (Lang::En, AudioPlayed) => {
+            "The recording of these characters was already played. Choose “Show a new image” for new characters, then listen again."
+        }
+        (Lang::De, AudioPlayed) => {
+            "Die Aufnahme dieser Zeichen wurde schon abgespielt. Wählen Sie „Neues Bild anzeigen“ für neue Zeichen und hören Sie dann erneut."
+        }
+        (Lang::En, AudioUnavailable) => {
+            "These characters have expired or were already used. Choose “Show a new image” for new ones."
+        }
+        (Lang::De, AudioUnavailable) => {
+            "Diese Zeichen sind abgelaufen oder wurden schon benutzt. Wählen Sie „Neues Bild anzeigen“ für neue."
+        }
+        (Lang::En, Listen) => "Listen to the characters instead",
+        (Lang::De, Listen) => "Die Zeichen stattdessen anhören",
+        (Lang::En, ListenLink) => "Listen to the characters (WAV recording)",
+        (Lang::De, ListenLink) => "Die Zeichen anhören (WAV-Aufnahme)",
+        (Lang::En, CannotRead) => "Cannot read or hear the characters?",
+        (Lang::De, CannotRead) => "Zeichen nicht lesbar oder hörbar?",
+        (Lang::En, NeedsScript) => {
+            "This form needs JavaScript for its security check. Please turn it on for this site and send the form again."
+        }
+        (Lang::De, NeedsScript) => {
+            "Dieses Formular braucht JavaScript für seine Sicherheitsprüfung. Bitte schalten Sie es für diese Website ein und senden Sie das Formular erneut."
+        }
     }
 }
 
@@ -325,6 +361,10 @@ pub struct PageCtx {
     pub captcha_url: String,
     /// Answer in JSON.
     pub json: bool,
+    /// Answer errors as a picture (the request came from an `<img>`).
+    pub image: bool,
+    /// The site's stylesheet for the built-in pages.
+    pub stylesheet: Option<String>,
     /// Where operator templates may live (`var/config/`), if the runtime tree is known.
     pub template_dir: Option<std::path::PathBuf>,
     /// Heading of an error page without a form: about the message on the contact
@@ -386,10 +426,17 @@ fn shell(ctx: &PageCtx, title: &str, main: &str) -> String {
             .replace("{{main}}", main);
     }
     format!(
-        "<!DOCTYPE html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} – {site}</title>\n<style>body{{font:1rem/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}label{{display:block;margin-top:1rem;font-weight:600}}input,textarea{{width:100%;box-sizing:border-box;padding:.4rem;font:inherit}}.err{{color:#a00}}[aria-invalid=true]{{border:2px solid #a00}}button{{margin-top:1rem;padding:.5rem 1.5rem;font:inherit}}</style>\n</head>\n<body>\n<main>\n<h1>{title}</h1>\n{main}\n</main>\n</body>\n</html>\n",
+        "<!DOCTYPE html>\n<html lang=\"{lang}\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title} – {site}</title>\n{sheet}<style>body{{font:1rem/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}label{{display:block;margin-top:1rem;font-weight:600}}input,textarea{{width:100%;box-sizing:border-box;padding:.4rem;font:inherit}}.err{{color:#a00}}[aria-invalid=true]{{border:2px solid #a00}}button{{margin-top:1rem;padding:.5rem 1.5rem;font:inherit}}</style>\n</head>\n<body>\n<main>\n<h1>{title}</h1>\n{main}\n</main>\n</body>\n</html>\n",
         lang = ctx.lang.code(),
         title = escape(title),
         site = escape(&ctx.site_name),
+        sheet = ctx
+            .stylesheet
+            .as_ref()
+            .map_or_else(String::new, |url| format!(
+                "<link rel=\"stylesheet\" href=\"{}\">\n",
+                escape(url)
+            )),
     )
 }
 
@@ -464,13 +511,23 @@ pub fn form_html(
         inv = invalid("message"),
     ));
     main.push_str(HONEYPOT_HTML);
+    // The recording is fetched only when played (preload none): each challenge has one,
+    // and a page view must not spend it. "Show a new image" posts the form back, so that
+    // nothing typed is lost; it comes after "Send", which must stay the button that Enter
+    // presses.
+    let audio = format!("{}?audio=1&lang={}", ctx.captcha_url, l.code());
     main.push_str(&format!(
-        "<p><img src=\"{src}\" width=\"{w}\" height=\"{h}\" alt=\"{alt}\"> <a href=\"{again}\">{new}</a></p>\n<label for=\"f-captcha\">{label}</label><input id=\"f-captcha\" name=\"captcha\" type=\"text\" autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required{inv}>\n<button type=\"submit\">{send}</button>\n</form>\n",
+        "<p class=\"captcha\"><img src=\"{src}\" width=\"{w}\" height=\"{h}\" alt=\"{alt}\"></p>\n<p class=\"captcha-audio\"><audio controls preload=\"none\" src=\"{audio}\" aria-label=\"{listen}\"><a href=\"{audio}\">{listen_link}</a></audio></p>\n<label for=\"f-captcha\">{label}</label><input id=\"f-captcha\" name=\"captcha\" type=\"text\" autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" required{inv}>\n<button type=\"submit\">{send}</button>\n<p class=\"new-image\">{cannot} <button type=\"submit\" name=\"{action}\" value=\"{action_value}\" formnovalidate>{new}</button></p>\n</form>\n",
         src = escape(&ctx.captcha_url),
         w = crate::captcha_image::WIDTH,
         h = crate::captcha_image::HEIGHT,
         alt = escape(text(l, Msg::CaptchaAlt)),
-        again = escape(&ctx.contact_url),
+        audio = escape(&audio),
+        listen = escape(text(l, Msg::Listen)),
+        listen_link = escape(text(l, Msg::ListenLink)),
+        cannot = escape(text(l, Msg::CannotRead)),
+        action = crate::endpoint::NEW_IMAGE_ACTION.0,
+        action_value = crate::endpoint::NEW_IMAGE_ACTION.1,
         new = escape(text(l, Msg::NewImage)),
         label = escape(text(l, Msg::Captcha)),
         inv = invalid("captcha"),
@@ -544,6 +601,9 @@ pub fn error(
     if ctx.json {
         return Response::json(status, error_json(ctx, code, msg, errors, detail));
     }
+    if ctx.image {
+        return Response::bytes(status, "image/svg+xml", error_svg(msg).into_bytes());
+    }
     let page = match form {
         Some(values) => {
             let mut lines = vec![msg];
@@ -561,4 +621,34 @@ pub fn error(
         }
     };
     Response::html(status, page)
+}
+
+/// A picture the size of the CAPTCHA image that shows `msg`, for an `<img>` whose request
+/// failed: the visitor reads why instead of seeing a broken image.
+pub fn error_svg(msg: &str) -> String {
+    // Wrapped by words into lines of about 34 characters; four lines fit the frame.
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in msg.split_whitespace() {
+        let last = lines.last_mut().map_or(0, |l| l.chars().count());
+        if last > 0 && last + 1 + word.chars().count() > 34 {
+            lines.push(String::new());
+        }
+        if let Some(l) = lines.last_mut() {
+            if !l.is_empty() {
+                l.push(' ');
+            }
+            l.push_str(word);
+        }
+    }
+    lines.truncate(4);
+    let (w, h) = (crate::captcha_image::WIDTH, crate::captcha_image::HEIGHT);
+    let text: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("<text x=\"6\" y=\"{}\">{}</text>", 16 + i * 15, escape(l)))
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{label}\"><rect width=\"100%\" height=\"100%\" fill=\"#fff3f3\" stroke=\"#a00\"/><g font-family=\"sans-serif\" font-size=\"11\" fill=\"#600\">{text}</g></svg>\n",
+        label = escape(msg),
+    )
 }

@@ -5,7 +5,8 @@
 // test builds add to the captcha response, as a visitor's eyes would from the image.
 //
 // Usage: node flow.mjs --base http://127.0.0.1:PORT [--marker TEXT] [--shots DIR]
-//        [--only nojs,js,de]
+//        [--only nojs,js,de,audio | pow] [--pow-runs N]
+// `pow` needs a site with spam.challenge = "pow-or-image"; the others one with "image".
 // Environment: FW_CHROMIUM overrides /usr/bin/chromium; FW_FLOW_TIMEOUT (seconds, default
 // 150) bounds the whole run.
 //
@@ -25,7 +26,8 @@ const { values: opt } = parseArgs({
     base: { type: 'string' },
     marker: { type: 'string', default: 'fw-browser-test' },
     shots: { type: 'string' },
-    only: { type: 'string', default: 'nojs,js,de' },
+    only: { type: 'string', default: 'nojs,js,de,audio' },
+    'pow-runs': { type: 'string', default: '5' },
   },
 });
 if (!opt.base) {
@@ -39,6 +41,7 @@ const executablePath = process.env.FW_CHROMIUM || '/usr/bin/chromium';
 const ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--autoplay-policy=no-user-gesture-required',
 ];
 const out = { failures: [] };
 
@@ -77,14 +80,21 @@ async function withBrowser(name, javaScriptEnabled, fn) {
   }
 }
 
-// Every captcha answer seen, by challenge id, and every contact POST with its status.
+// Every captcha answer seen, by challenge id (from the picture's cookie or the recording's
+// query), every captcha request, and every contact POST with its status.
 function track(page) {
-  const t = { answers: new Map(), posts: [] };
+  const t = { answers: new Map(), posts: [], captchaGets: 0, audio: [] };
   page.on('response', async (resp) => {
-    const path = new URL(resp.url()).pathname;
+    const url = new URL(resp.url());
+    const path = url.pathname;
     if (path === '/cgi-bin/captcha') {
+      t.captchaGets++;
       const h = await resp.allHeaders().catch(() => ({}));
-      const id = /fw_captcha=([^;\s]+)/.exec(h['set-cookie'] || '')?.[1];
+      let id = /fw_captcha=([^;\s]+)/.exec(h['set-cookie'] || '')?.[1];
+      if (url.searchParams.has('audio')) {
+        id = url.searchParams.get('id');
+        t.audio.push({ status: resp.status(), type: h['content-type'] || '', id });
+      }
       if (id && h['x-formwarden-test-answer']) t.answers.set(id, h['x-formwarden-test-answer']);
     } else if (isContactPost(resp)) {
       const h = await resp.request().allHeaders().catch(() => ({}));
@@ -116,8 +126,7 @@ async function cookieId(context) {
 async function scriptId(page, prev) {
   await page.waitForFunction((p) => {
     const f = document.querySelector('input[name="captcha_id"]');
-    return f && !f.disabled && f.value && f.value !== p && /^data:image\/png/.test(
-      document.querySelector('.captcha img').src);
+    return f && !f.disabled && f.value && f.value !== p;
   }, prev);
   return page.locator('input[name="captcha_id"]').inputValue();
 }
@@ -171,15 +180,21 @@ const scenarios = {
       out['nojs.page_status'] = first.status();
       out['nojs.script_ran'] = (await page.locator('input[name="captcha_id"]').count()) > 0;
       const id1 = await cookieId(context);
-      // "Show a new image" reloads the page, which must bring a new challenge.
-      await Promise.all([page.waitForEvent('load'), page.click('a.new-image')]);
-      const id2 = await cookieId(context);
-      out['nojs.new_image_changed'] = id2 !== id1;
+      // "Show a new image" posts the form back: a new challenge, and nothing typed is lost.
       await fill(page, {
         name: 'Ada Lovelace', email: 'ada@example.net', subject: 'Plain form',
         message: `Sent without JavaScript.\n${opt.marker}-nojs`,
-        captcha: wrong(await answerFor(t, id2)),
       });
+      const [again] = await Promise.all([
+        page.waitForResponse(isContactPost), page.waitForEvent('load'),
+        page.click('button[name="fw_action"]'),
+      ]);
+      out['nojs.new_image_status'] = again.status();
+      const id2 = await cookieId(context);
+      out['nojs.new_image_changed'] = id2 !== id1;
+      out['nojs.new_image_kept'] = [await page.inputValue('[name="name"]'),
+        await page.inputValue('[name="message"]')].join('|');
+      await page.fill('[name="captcha"]', wrong(await answerFor(t, id2)));
       out['nojs.wrong_status'] = await submitPlain(page);
       out['nojs.wrong_h1'] = await page.locator('h1').innerText();
       out['nojs.wrong_text'] = await page.locator('main').innerText();
@@ -194,6 +209,8 @@ const scenarios = {
       out['nojs.ok_h1'] = await page.locator('h1').innerText();
       out['nojs.ok_text'] = await page.locator('main').innerText();
       await shot(page, 'nojs-success');
+      // The first POST was "Show a new image".
+      t.posts.shift();
       out['nojs.posts'] = t.posts.map((p) => p.status).join(',');
       out['nojs.post_accept_json'] = t.posts.some((p) => p.accept.includes('application/json'));
       out['nojs.post_sent_captcha_id'] = t.posts.some((p) => p.body.has('captcha_id'));
@@ -204,9 +221,12 @@ const scenarios = {
     await withBrowser('js', true, async (page, context, t) => {
       out['js.page_status'] = (await page.goto(`${base}/`)).status();
       const id1 = await scriptId(page, '');
-      // The link must swap the image in place: a reload would lose this page-level marker.
+      // One challenge per page view: the script binds the picture's own challenge.
+      out['js.captcha_requests_on_load'] = t.captchaGets;
+      check('js.bound_page_image', id1 === (await cookieId(context)), 'the form names the cookie\'s challenge');
+      // The button must swap the image in place: a reload would lose this page-level marker.
       await page.evaluate(() => { window.fwNotReloaded = true; });
-      await page.click('a.new-image');
+      await page.click('button[name="fw_action"]');
       const id2 = await scriptId(page, id1);
       out['js.new_image_in_place'] = await page.evaluate(() => window.fwNotReloaded === true);
       out['js.new_image_status'] = await page.locator('#form-status').innerText();
@@ -248,6 +268,8 @@ const scenarios = {
       out['js.posts'] = t.posts.map((p) => p.status).join(',');
       out['js.post_accept_json'] = t.posts.every((p) => p.accept.includes('application/json'));
       out['js.post_lang'] = [...new Set(t.posts.map((p) => p.lang))].join(',');
+      out['js.new_image_is_data'] = await page.evaluate(
+        () => /^data:image\/png/.test(document.querySelector('.captcha img').src));
       // Each POST named the challenge the page showed at that moment.
       const sentIds = t.posts.map((p) => p.body.get('captcha_id')).join(',');
       check('js.post_captcha_ids', sentIds === [id2, bad.id, refused.id].join(','),
@@ -286,6 +308,77 @@ const scenarios = {
       await shot(page, 'de-success');
       out['de.posts'] = t.posts.map((p) => p.status).join(',');
       out['de.post_lang'] = [...new Set(t.posts.map((p) => p.lang))].join(',');
+    });
+  },
+
+  // A visitor who listens instead of looking: the recording of the page's own challenge,
+  // played in the browser, then the characters typed.
+  async audio() {
+    await withBrowser('audio', true, async (page, context, t) => {
+      out['audio.page_status'] = (await page.goto(`${base}/`)).status();
+      const id = await scriptId(page, '');
+      const meta = await page.evaluate(() => new Promise((resolve) => {
+        const a = document.querySelector('.captcha-audio audio');
+        a.addEventListener('loadedmetadata', () => resolve({ duration: a.duration, src: a.src }), { once: true });
+        a.addEventListener('error', () => resolve({ duration: -1, src: a.src }), { once: true });
+        a.play().catch(() => {});
+      }));
+      out['audio.duration_ok'] = meta.duration > 2 && meta.duration < 15;
+      out['audio.src_names_challenge'] = meta.src.includes(`id=${id}`);
+      // The response event is handled a moment after the player already has the data.
+      for (let i = 0; i < 100 && !t.audio.length; i++) await new Promise((r) => setTimeout(r, 50));
+      out['audio.first'] = t.audio.map((a) => `${a.status} ${a.type}`).join(',');
+      // Each challenge plays once: asking for its recording again is refused, and the page
+      // says what to do.
+      await page.evaluate(() => {
+        const a = document.querySelector('.captcha-audio audio');
+        a.src = a.src + '&again=1';
+        a.play().catch(() => {});
+      });
+      await page.waitForFunction(() => document.getElementById('form-status').dataset.state === 'error');
+      out['audio.again_status'] = t.audio.at(-1)?.status;
+      out['audio.again_live'] = await page.locator('#form-status').innerText();
+      await fill(page, {
+        name: 'Louis Braille', email: 'louis@example.net', subject: 'Listening',
+        message: `Sent by ear.\n${opt.marker}-audio`, captcha: await answerFor(t, id),
+      });
+      const sent = await submitScript(page, id);
+      out['audio.ok_status'] = sent.http;
+      out['audio.ok_live'] = sent.live;
+    });
+  },
+
+  // Proof-of-work under "pow-or-image": the worker solves the page's puzzle, the visitor
+  // types no characters. Each run is a new challenge; the worker's times are reported.
+  async pow() {
+    await withBrowser('pow', true, async (page, context, t) => {
+      out['pow.page_status'] = (await page.goto(`${base}/`)).status();
+      const times = [];
+      let id = '';
+      for (let i = 0; i < Number(opt['pow-runs']); i++) {
+        if (i > 0) await page.click('button[name="fw_action"]');
+        id = await scriptId(page, id);
+        await page.waitForFunction(() => document.querySelector('input[name="pow"]')?.disabled === false
+          && document.querySelector('.pow-status').dataset.ms, null, { timeout: 120000 });
+        const r = await page.evaluate(() => ({ ...document.querySelector('.pow-status').dataset }));
+        times.push({ ms: Number(r.ms), tried: Number(r.tried), bits: Number(r.bits) });
+      }
+      out['pow.runs'] = times.length;
+      out['pow.bits'] = times[0].bits;
+      out['pow.ms'] = times.map((x) => x.ms).join(',');
+      out['pow.tried'] = times.map((x) => x.tried).join(',');
+      out['pow.captcha_required'] = await page.evaluate(() => document.getElementById('f-captcha').required);
+      out['pow.status_text'] = await page.locator('.pow-status').innerText();
+      await fill(page, {
+        name: 'Ray Charles', email: 'ray@example.net', subject: 'By work',
+        message: `Sent by proof-of-work.\n${opt.marker}-pow`,
+      });
+      const sent = await submitScript(page, id);
+      out['pow.ok_status'] = sent.http;
+      out['pow.ok_live'] = sent.live;
+      const body = t.posts.at(-1).body;
+      out['pow.post_had_work'] = /^\d+$/.test(body.get('pow') || '');
+      out['pow.post_captcha'] = body.get('captcha');
     });
   },
 };

@@ -512,12 +512,15 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A cookie set by `Set-Cookie`.
+    /// A cookie set by one of the `Set-Cookie` headers.
     pub fn cookie(&self, name: &str) -> Option<String> {
-        let sc = self.header("set-cookie")?;
-        let first = sc.split(';').next()?;
-        let (k, v) = first.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().to_string())
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .find_map(|(_, sc)| {
+                let (k, v) = sc.split(';').next()?.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
     }
 
     /// The body as text.

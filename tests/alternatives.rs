@@ -1,0 +1,335 @@
+//! Issue 8, items 4, 5 and 7: the ways through the challenge besides typing the picture's
+//! characters, and what a visitor sees around it, through the real executables. The
+//! recording speaks the same challenge once, counts against the same budget and passes
+//! with the characters heard; proof-of-work passes under "pow-or-image", is required under
+//! "image+pow", is bound to its challenge, verifies once and gets harder as a client's
+//! window fills. "Show a new image" without script keeps what was typed; a refused image
+//! request answers with a picture that says why; error pages link the site's stylesheet.
+
+use crate::util::*;
+use sha2::{Digest, Sha256};
+
+/// The puzzle's check, as the page's worker does it: the nonce whose SHA-256 of
+/// `"{id}:{nonce}"` has `bits` leading zero bits.
+fn solve(id: &str, bits: u32) -> String {
+    (0u64..)
+        .find(|n| {
+            let d = Sha256::digest(format!("{id}:{n}").as_bytes());
+            let mut zeros = 0;
+            for b in d {
+                zeros += b.leading_zeros();
+                if b != 0 {
+                    break;
+                }
+            }
+            zeros >= bits
+        })
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
+/// A JSON challenge: (id, answer, pow bits or 0, the raw JSON).
+fn json_challenge(site: &Site, addr: &str) -> (String, String, u32, String) {
+    let a = site
+        .cgi("captcha", "GET")
+        .remote_addr(addr)
+        .header("accept", "application/json")
+        .run();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let t = a.text();
+    let field = |key: &str| {
+        t.split(&format!("\"{key}\":"))
+            .nth(1)
+            .map(|r| r.trim_start_matches('"'))
+            .and_then(|r| r.split(['"', ',', '}']).next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let bits = field("bits").parse().unwrap_or(0);
+    let answer = a
+        .header("x-formwarden-test-answer")
+        .expect("hook")
+        .to_string();
+    (field("id"), answer, bits, t)
+}
+
+fn form_with(answer: &str, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut form = good_form(answer);
+    form.extend(extra.iter().cloned());
+    form
+}
+
+fn delivered(site: &Site) -> usize {
+    site.ls("mail-out")
+        .iter()
+        .filter(|f| f.ends_with(".eml"))
+        .count()
+}
+
+fn pow_site(policy: &str) -> Site {
+    Site::with(
+        "captcha_max_get = 8",
+        &format!(
+            "[spam]\nmin_fill_seconds = 0\nchallenge = \"{policy}\"\npow_bits = 10\npow_extra_bits = 3\n"
+        ),
+    )
+}
+
+#[test]
+fn the_recording_speaks_the_same_challenge_once_and_its_characters_pass() {
+    let site = Site::new();
+    let (id, answer) = site.challenge("192.0.2.20");
+    for lang in ["en", "de"] {
+        let (id, answer) = site.challenge("192.0.2.20");
+        let a = site
+            .cgi("captcha", "GET")
+            .remote_addr("192.0.2.20")
+            .query(&format!("audio=1&lang={lang}"))
+            .captcha_cookie(&id)
+            .run();
+        assert_eq!(a.status, 200, "{lang}: {}", a.text());
+        assert_eq!(a.header("content-type"), Some("audio/wav"));
+        assert_eq!(a.header("cache-control"), Some("no-store"));
+        assert!(a.body.starts_with(b"RIFF") && &a.body[8..12] == b"WAVE");
+        let secs = (a.body.len() - 44) as f64 / 8000.0;
+        assert!((2.0..15.0).contains(&secs), "{lang}: {secs} s");
+        // The recording is of this challenge, not a new one.
+        assert_eq!(a.header("x-formwarden-test-answer"), Some(answer.as_str()));
+        assert_eq!(a.cookie("fw_captcha"), None, "no new challenge");
+    }
+    // By the script's id parameter, then never a second rendering of the same answer.
+    let by_id = |id: &str| {
+        site.cgi("captcha", "GET")
+            .remote_addr("192.0.2.20")
+            .query(&format!("audio=1&id={id}"))
+            .run()
+    };
+    assert_eq!(by_id(&id).status, 200);
+    let again = by_id(&id);
+    assert_eq!(again.status, 410, "{}", again.text());
+    assert!(again.text().contains("already played"), "{}", again.text());
+    for hostile in ["../../etc/passwd", "", &"a".repeat(32)] {
+        let a = by_id(hostile);
+        assert_eq!(a.status, 410, "{hostile}: {}", a.text());
+        assert!(!a.text().contains(site.root().to_str().unwrap_or("/tmp")));
+    }
+    // The characters heard pass the form.
+    let sent = site.contact_post(&id, &answer).run();
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(delivered(&site), 1);
+    // A used challenge has no recording any more.
+    assert_eq!(by_id(&id).status, 410);
+}
+
+#[test]
+fn recordings_count_against_the_picture_budget() {
+    let site = Site::with("captcha_max_get = 3", "");
+    let (id, _) = site.challenge("192.0.2.21");
+    let audio = || {
+        site.cgi("captcha", "GET")
+            .remote_addr("192.0.2.21")
+            .query("audio=1")
+            .captcha_cookie(&id)
+            .run()
+    };
+    assert_eq!(audio().status, 200);
+    assert_eq!(audio().status, 410, "second rendering refused, and counted");
+    let over = audio();
+    assert_eq!(over.status, 429, "{}", over.text());
+    assert!(over.header("retry-after").is_some());
+    assert_eq!(site.stored_count("192.0.2.21", "captcha_get"), Some(3));
+}
+
+#[test]
+fn pow_or_image_passes_by_work_alone_once_and_only_for_its_challenge() {
+    let site = pow_site("pow-or-image");
+    let (id, _, bits, json) = json_challenge(&site, "192.0.2.30");
+    assert!(json.contains("\"policy\":\"pow-or-image\""), "{json}");
+    assert_eq!(bits, 10, "an empty window gets the base difficulty: {json}");
+    let nonce = solve(&id, bits);
+    let post = |id: &str, form: &[(&str, String)]| {
+        site.cgi("contact", "POST")
+            .remote_addr("192.0.2.30")
+            .form(&[form, &[("captcha_id", id.to_string())]].concat())
+            .run()
+    };
+    // Work for another challenge, or a wrong nonce, does not pass.
+    let (other, _, _, _) = json_challenge(&site, "192.0.2.30");
+    let wrong = post(&other, &form_with("", &[("pow", nonce.clone())]));
+    assert_eq!(wrong.status, 403, "{}", wrong.text());
+    // The work alone passes: no characters typed.
+    let ok = post(&id, &form_with("", &[("pow", nonce.clone())]));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(delivered(&site), 1);
+    // One-time like the challenge: the same work again is refused.
+    let replay = post(&id, &form_with("", &[("pow", nonce)]));
+    assert_eq!(replay.status, 403, "{}", replay.text());
+    // The characters still pass without work, and a plain picture's challenge too.
+    let (id2, answer2, _, _) = json_challenge(&site, "192.0.2.30");
+    assert_eq!(post(&id2, &form_with(&answer2, &[])).status, 200);
+    let (plain, plain_answer) = site.challenge("192.0.2.31");
+    let page = site
+        .cgi("contact", "POST")
+        .remote_addr("192.0.2.31")
+        .captcha_cookie(&plain)
+        .form(&good_form(&plain_answer))
+        .run();
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(delivered(&site), 3);
+}
+
+#[test]
+fn image_and_pow_needs_both_and_says_so_without_script() {
+    let site = pow_site("image+pow");
+    let (id, answer, bits, _) = json_challenge(&site, "192.0.2.32");
+    assert!(bits >= 10);
+    let post = |form: &[(&str, String)]| {
+        site.cgi("contact", "POST")
+            .remote_addr("192.0.2.32")
+            .form(&[form, &[("captcha_id", id.clone())]].concat())
+            .run()
+    };
+    let no_work = post(&form_with(&answer, &[]));
+    assert_eq!(no_work.status, 422, "{}", no_work.text());
+    assert!(
+        no_work.text().contains("needs JavaScript"),
+        "{}",
+        no_work.text()
+    );
+    let nonce = solve(&id, bits);
+    let no_answer = post(&form_with("", &[("pow", nonce.clone())]));
+    assert_eq!(
+        no_answer.status,
+        422,
+        "the characters are required: {}",
+        no_answer.text()
+    );
+    let both = post(&form_with(&answer, &[("pow", nonce)]));
+    assert_eq!(both.status, 200, "{}", both.text());
+    assert_eq!(delivered(&site), 1);
+}
+
+#[test]
+fn the_puzzle_gets_harder_as_the_clients_window_fills() {
+    let site = pow_site("pow-or-image");
+    let bits: Vec<u32> = (0..8)
+        .map(|_| json_challenge(&site, "192.0.2.33").2)
+        .collect();
+    assert_eq!(bits[0], 10, "{bits:?}");
+    assert!(
+        bits.windows(2).all(|w| w[0] <= w[1]),
+        "never easier: {bits:?}"
+    );
+    assert_eq!(
+        *bits.last().unwrap_or(&0),
+        13,
+        "all extra bits when full: {bits:?}"
+    );
+    // Another client starts at the base again.
+    assert_eq!(json_challenge(&site, "192.0.2.34").2, 10);
+    // The plain picture's cookie tells the page's script the puzzle.
+    let a = site.cgi("captcha", "GET").remote_addr("192.0.2.35").run();
+    assert_eq!(a.cookie("fw_pow").as_deref(), Some("10.pow-or-image"));
+}
+
+#[test]
+fn show_a_new_image_without_script_keeps_what_was_typed() {
+    let site = Site::new();
+    let (id, _) = site.challenge("192.0.2.40");
+    let form = form_with("", &[("fw_action", "new_image".into())]);
+    let a = site
+        .cgi("contact", "POST")
+        .remote_addr("192.0.2.40")
+        .captcha_cookie(&id)
+        .form(&form)
+        .run();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let page = a.text();
+    for kept in [
+        "value=\"Ada Lovelace\"",
+        "value=\"ada@example.net\"",
+        "Line one",
+    ] {
+        assert!(page.contains(kept), "{kept} kept: {page}");
+    }
+    assert!(page.contains("<img src="), "a new image: {page}");
+    assert!(
+        !page.contains("aria-invalid=\"true\""),
+        "nothing marked wrong: {page}"
+    );
+    assert_eq!(delivered(&site), 0, "nothing sent");
+    assert_eq!(
+        site.stored_count("192.0.2.40", "captcha_get"),
+        Some(1),
+        "only the picture counted"
+    );
+    assert_eq!(
+        site.stored_count("192.0.2.40", "contact_post"),
+        Some(0),
+        "not a message"
+    );
+}
+
+#[test]
+fn a_refused_image_request_answers_with_a_picture_that_says_why() {
+    let site = Site::with("captcha_max_get = 1", "");
+    let get = |accept: &str| {
+        site.cgi("captcha", "GET")
+            .remote_addr("192.0.2.50")
+            .header("accept", accept)
+            .run()
+    };
+    let img = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+    assert_eq!(get(img).status, 200);
+    let limited = get(img);
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("content-type"), Some("image/svg+xml"));
+    let svg = limited.text();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("Too many requests"),
+        "{svg}"
+    );
+    assert!(
+        !svg.to_lowercase().contains("message"),
+        "an image is not about a message: {svg}"
+    );
+    // A page or a script asking still gets a page or JSON.
+    let page = get("text/html,application/xhtml+xml,*/*;q=0.8");
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let json = get("application/json");
+    assert_eq!(json.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn error_pages_link_the_sites_stylesheet() {
+    let site = Site::with("stylesheet = \"/style.css\"", "");
+    let a = site
+        .cgi("contact", "POST")
+        .remote_addr("192.0.2.60")
+        .form(&good_form("WRONG"))
+        .run();
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(
+        a.text()
+            .contains("<link rel=\"stylesheet\" href=\"/style.css\">"),
+        "{}",
+        a.text()
+    );
+    for bad in [
+        "javascript:alert(1)",
+        "/x\" onload=\"y",
+        "//evil.example/x.css",
+    ] {
+        let site = Site::with(&format!("stylesheet = '{bad}'"), "");
+        let a = site.cgi("contact", "GET").run();
+        assert_eq!(a.status, 500, "{bad} refused: {}", a.text());
+        assert!(
+            a.stderr.contains("stylesheet"),
+            "the log names the key: {}",
+            a.stderr
+        );
+    }
+}
