@@ -6,6 +6,7 @@ mod util;
 
 mod alternatives;
 mod bad_input;
+mod bots;
 mod browser;
 mod captcha;
 mod check;
