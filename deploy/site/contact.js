@@ -35,7 +35,7 @@
       workDone: 'Security check done.',
       workDoneNoTyping: 'Security check done: you need not type the characters.',
       finishing: 'Finishing the security check…',
-      audioFailed: 'The recording could not be played (each one plays once). Choose “Show a new image” for new characters.',
+      audioFailed: 'The recording could not be played. Choose “Show a new image” for new characters.',
     },
     de: {
       sending: 'Ihre Nachricht wird gesendet …',
@@ -48,7 +48,7 @@
       workDone: 'Sicherheitsprüfung erledigt.',
       workDoneNoTyping: 'Sicherheitsprüfung erledigt: Sie müssen die Zeichen nicht abtippen.',
       finishing: 'Die Sicherheitsprüfung wird abgeschlossen …',
-      audioFailed: 'Die Aufnahme konnte nicht abgespielt werden (jede spielt einmal). Wählen Sie „Neues Bild anzeigen“ für neue Zeichen.',
+      audioFailed: 'Die Aufnahme konnte nicht abgespielt werden. Wählen Sie „Neues Bild anzeigen“ für neue Zeichen.',
     },
   }[lang];
   let captchaUrl = img.getAttribute('src');

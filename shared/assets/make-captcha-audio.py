@@ -17,7 +17,7 @@ Usage (Debian/Ubuntu):
     python3 shared/assets/make-captcha-audio.py
 
 The output is byte-for-byte reproducible for the same espeak-ng version and voice data.
-Licence: espeak-ng is GPL-3.0-or-later; these files are the program's output (speech it
+Licence (see captcha-audio.LICENSE): espeak-ng is GPL-3.0-or-later; these files are the program's output (speech it
 synthesized), which its licence does not cover, and no espeak-ng code or voice data is
 shipped. The project's own licence applies to them.
 """

@@ -68,9 +68,11 @@ pub struct Stored {
     /// Leading zero bits the proof-of-work must have; 0: no puzzle was set.
     #[serde(default)]
     pub pow_bits: u32,
-    /// True once the recording was rendered: never a second rendering of one answer.
-    #[serde(default)]
-    pub audio_played: bool,
+    /// The seed of the challenge's one recording (hex), once it was asked for: every later
+    /// request (a replay, a browser's range requests) gets the same bytes, never a second
+    /// rendering of the answer that could be combined with the first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub audio_seed: String,
 }
 
 impl Validate for Stored {
@@ -87,6 +89,12 @@ impl Validate for Stored {
             || !self.sealed_answer.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return Err("sealed_answer is not a short hex string".into());
+        }
+        let seed_ok = self.audio_seed.is_empty()
+            || self.audio_seed.len() == 64
+                && self.audio_seed.bytes().all(|b| b.is_ascii_hexdigit());
+        if !seed_ok {
+            return Err("audio_seed is not 32 bytes of hex".into());
         }
         if self.pow_bits > MAX_POW_BITS {
             return Err(format!("pow_bits above {MAX_POW_BITS}"));
@@ -134,10 +142,14 @@ pub struct Verified {
 /// What the recording endpoint may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recording {
-    /// Speak this answer (the challenge is now marked as played).
-    Answer(String),
-    /// Played before: a second rendering would let a bot combine two.
-    AlreadyPlayed,
+    /// Speak this answer, rendered from this seed: the same seed for every request of one
+    /// challenge.
+    Answer {
+        /// The characters.
+        answer: String,
+        /// The rendering's seed.
+        seed: [u8; 32],
+    },
     /// Used, expired, unknown, or from before recordings existed.
     Unavailable,
 }
@@ -309,18 +321,28 @@ fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
     Some(out)
 }
 
-/// The decision for a recording request: the challenge marked as played, or why not.
-fn decide_recording(stored: Option<&Stored>, now: u64) -> std::result::Result<Stored, Recording> {
-    let s = stored.ok_or(Recording::Unavailable)?;
+/// The decision for a recording request: `None` when the challenge cannot be spoken (used,
+/// expired, unknown, or from before recordings existed); else the challenge with its
+/// recording's seed, and whether it must be stored first (the first request).
+fn decide_recording(stored: Option<&Stored>, now: u64, fresh: [u8; 32]) -> Option<(Stored, bool)> {
+    let s = stored?;
     if s.used || now >= s.expires_at || s.sealed_answer.is_empty() {
-        return Err(Recording::Unavailable);
+        return None;
     }
-    if s.audio_played {
-        return Err(Recording::AlreadyPlayed);
+    if !s.audio_seed.is_empty() {
+        return Some((s.clone(), false));
     }
     let mut next = s.clone();
-    next.audio_played = true;
-    Ok(next)
+    next.audio_seed = crate::random::hex(&fresh);
+    Some((next, true))
+}
+
+fn seed_of(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    (hex.len() == 64).then_some(out)
 }
 
 /// The CAPTCHA service over one runtime tree.
@@ -392,7 +414,7 @@ impl CaptchaService {
             used: false,
             sealed_answer: seal(&self.settings.salt, &id, &answer),
             pow_bits,
-            audio_played: false,
+            audio_seed: String::new(),
         };
         let path = self.path_of(&id);
         self.make_room(&path, now)?;
@@ -407,25 +429,31 @@ impl CaptchaService {
         })
     }
 
-    /// The answer of challenge `id` for its one recording, under `captcha_{id}`; marks the
-    /// challenge as played, so that a second request gets [`Recording::AlreadyPlayed`].
+    /// The answer of challenge `id` and the seed of its one recording, under
+    /// `captcha_{id}`: the first request chooses the seed and stores it with the challenge,
+    /// every later one gets the same.
     pub fn recording(&self, id: &str, now: u64) -> Result<Recording> {
         if !self.has_challenge(id)? {
             return Ok(Recording::Unavailable);
         }
         let path = self.path_of(id);
+        let fresh = crate::random::bytes::<32>()?;
         self.locks.run(&LockKey::captcha(id), || {
             let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::CaptchaGet)?;
-            let next = match decide_recording(stored.as_ref(), now) {
-                Ok(next) => next,
-                Err(why) => return Ok(why),
+            let Some((next, store)) = decide_recording(stored.as_ref(), now, fresh) else {
+                return Ok(Recording::Unavailable);
             };
-            let Some(answer) = unseal(&self.settings.salt, id, &next.sealed_answer) else {
+            let (Some(answer), Some(seed)) = (
+                unseal(&self.settings.salt, id, &next.sealed_answer),
+                seed_of(&next.audio_seed),
+            ) else {
                 // A salt changed since the challenge was issued: it cannot be spoken.
                 return Ok(Recording::Unavailable);
             };
-            state::write_with(&path, &next, Durability::Ephemeral)?;
-            Ok(Recording::Answer(answer))
+            if store {
+                state::write_with(&path, &next, Durability::Ephemeral)?;
+            }
+            Ok(Recording::Answer { answer, seed })
         })
     }
 
@@ -585,7 +613,7 @@ mod tests {
             used: false,
             sealed_answer: String::new(),
             pow_bits: 0,
-            audio_played: false,
+            audio_seed: String::new(),
         }
     }
 
@@ -681,28 +709,25 @@ mod tests {
     }
 
     #[test]
-    fn a_recording_is_granted_once_for_a_live_challenge() {
+    fn a_challenge_has_one_recording_seed_for_all_its_requests() {
         let mut s = stored(100);
         s.sealed_answer = "00".into();
-        let played = decide_recording(Some(&s), 10).expect("granted");
-        assert!(played.audio_played);
+        let (first, store) = decide_recording(Some(&s), 10, [7; 32]).expect("granted");
+        assert!(store, "the first request stores its seed");
+        assert_eq!(seed_of(&first.audio_seed), Some([7; 32]));
+        let (again, store) = decide_recording(Some(&first), 11, [9; 32]).expect("granted");
+        assert!(!store);
         assert_eq!(
-            decide_recording(Some(&played), 10).err(),
-            Some(Recording::AlreadyPlayed)
+            again.audio_seed, first.audio_seed,
+            "never a second rendering"
         );
-        assert_eq!(
-            decide_recording(Some(&s), 100).err(),
-            Some(Recording::Unavailable)
+        assert!(
+            decide_recording(Some(&s), 100, [1; 32]).is_none(),
+            "expired"
         );
         s.used = true;
-        assert_eq!(
-            decide_recording(Some(&s), 10).err(),
-            Some(Recording::Unavailable)
-        );
-        assert_eq!(
-            decide_recording(None, 10).err(),
-            Some(Recording::Unavailable)
-        );
+        assert!(decide_recording(Some(&s), 10, [1; 32]).is_none(), "used");
+        assert!(decide_recording(None, 10, [1; 32]).is_none());
     }
 
     #[test]

@@ -283,15 +283,12 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
         .query_param("id")
         .or_else(|| req.cookie(CAPTCHA_COOKIE))
         .unwrap_or_default();
-    let answer = match app.captcha.recording(&id, t) {
-        Ok(crate::captcha::Recording::Answer(a)) => a,
-        Ok(why) => {
-            tracing::info!(?why, "recording refused");
-            let (code, msg) = match why {
-                crate::captcha::Recording::AlreadyPlayed => ("audio_played", Msg::AudioPlayed),
-                _ => ("audio_unavailable", Msg::AudioUnavailable),
-            };
-            return pages::error(ctx, 410, code, text(ctx.lang, msg), &[], None, None);
+    let (answer, seed) = match app.captcha.recording(&id, t) {
+        Ok(crate::captcha::Recording::Answer { answer, seed }) => (answer, seed),
+        Ok(crate::captcha::Recording::Unavailable) => {
+            tracing::info!("recording refused: the challenge is used, expired or unknown");
+            let msg = text(ctx.lang, Msg::AudioUnavailable);
+            return pages::error(ctx, 410, "audio_unavailable", msg, &[], None, None);
         }
         Err(e) => return error_response(ctx, &e, None, Doing::Image),
     };
@@ -299,13 +296,38 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
         Lang::En => crate::captcha_audio::Voice::En,
         Lang::De => crate::captcha_audio::Voice::De,
     };
-    match crate::random::bytes::<32>().and_then(|seed| {
-        crate::captcha_audio::render_wav(&answer, voice, seed)
-            .map_err(|e| Error::Render(e.to_string()))
-    }) {
-        Ok(wav) => test_hook_answer(Response::bytes(200, "audio/wav", wav), &answer),
-        Err(e) => error_response(ctx, &e, None, Doing::Image),
+    let wav = match crate::captcha_audio::render_wav(&answer, voice, seed) {
+        Ok(w) => w,
+        Err(e) => {
+            return error_response(ctx, &Error::Render(e.to_string()), None, Doing::Image);
+        }
+    };
+    let resp = match byte_range(req.header("range"), wav.len()) {
+        Some((first, last)) => Response::bytes(206, "audio/wav", wav[first..=last].to_vec())
+            .header(
+                "Content-Range",
+                format!("bytes {first}-{last}/{}", wav.len()),
+            ),
+        None => Response::bytes(200, "audio/wav", wav),
+    };
+    test_hook_answer(resp.header("Accept-Ranges", "bytes"), &answer)
+}
+
+/// The one byte range of a `Range: bytes=…` header that a media player sends (`a-b`, `a-`
+/// or `-n`), clamped to `len`; `None` for no header, several ranges or anything else, which
+/// then get the whole file. Safari plays media only from servers that answer ranges.
+fn byte_range(header: Option<&str>, len: usize) -> Option<(usize, usize)> {
+    let spec = header?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || len == 0 {
+        return None;
     }
+    let (a, b) = spec.split_once('-')?;
+    let (first, last) = match (a.trim(), b.trim()) {
+        ("", n) => (len.saturating_sub(n.parse().ok()?), len - 1),
+        (a, "") => (a.parse().ok()?, len - 1),
+        (a, b) => (a.parse().ok()?, b.parse::<usize>().ok()?.min(len - 1)),
+    };
+    (first <= last && first < len).then_some((first, last))
 }
 
 /// Test builds (feature `test-hooks`, never in release packages) reveal the answer in a
@@ -943,6 +965,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn byte_ranges_are_the_ones_media_players_send() {
+        assert_eq!(byte_range(Some("bytes=0-"), 100), Some((0, 99)));
+        assert_eq!(byte_range(Some("bytes=0-1"), 100), Some((0, 1)));
+        assert_eq!(byte_range(Some("bytes=90-200"), 100), Some((90, 99)));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Some((90, 99)));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=x-",
+        ] {
+            assert_eq!(byte_range(Some(bad), 100), None, "{bad}");
+        }
+        assert_eq!(byte_range(None, 100), None);
     }
 
     #[test]

@@ -149,8 +149,6 @@ pub enum Msg {
     RejectWord,
     /// A refusing content rule: a domain of the site's list.
     RejectDomain,
-    /// The recording of this challenge was played already.
-    AudioPlayed,
     /// The challenge for a recording is used, expired or unknown.
     AudioUnavailable,
     /// Label of the recording player.
@@ -304,12 +302,6 @@ pub fn text(lang: Lang, m: Msg) -> &'static str {
         }
         (Lang::De, RejectDomain) => {
             "Diese Website nimmt keine Nachrichten mit Links zu oder Adressen bei einer der verwendeten Domains an."
-        }
-        (Lang::En, AudioPlayed) => {
-            "The recording of these characters was already played. Choose “Show a new image” for new characters, then listen again."
-        }
-        (Lang::De, AudioPlayed) => {
-            "Die Aufnahme dieser Zeichen wurde schon abgespielt. Wählen Sie „Neues Bild anzeigen“ für neue Zeichen und hören Sie dann erneut."
         }
         (Lang::En, AudioUnavailable) => {
             "These characters have expired or were already used. Choose “Show a new image” for new ones."
