@@ -1,6 +1,7 @@
 //! The command line for operators (cron, SSH): token rotation, revocation, listing and
 //! verification, and a manual sweep. Output goes to stdout, problems to stderr; exit codes
-//! are 0 (ok), 1 (a verify that failed) and 2 (usage or runtime error).
+//! are 0 (ok), 1 (a verify that failed) and 2 (usage or runtime error). It never touches
+//! state itself: every change goes through the services, under their locks.
 
 use crate::app::App;
 use crate::state::now;

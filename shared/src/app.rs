@@ -2,7 +2,8 @@
 //! limiter, CAPTCHA service, token service and spool. Building an [`App`] is the first
 //! thing every invocation does; it fails with a clear error when the runtime root or the
 //! config is missing or broken. Services get their folders and lock runner from here and
-//! from nowhere else, which is the seam a later shared-store backend would replace.
+//! from nowhere else, which is the seam a later shared-store backend would replace. It
+//! never reads or writes state itself and holds no locks.
 
 use crate::captcha::{self, CaptchaService};
 use crate::cgi::Request;

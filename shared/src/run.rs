@@ -2,7 +2,8 @@
 //! request from the process (environment, stdin, stdout) or, when a FastCGI process manager
 //! started us with a listening socket on fd 0, a FastCGI responder that serves requests in
 //! a loop. Both call the same endpoint function. Kept here so each executable is a few
-//! lines and behaves the same way under every web server.
+//! lines and behaves the same way under every web server. It never reads or writes state
+//! itself; what a request gets is the endpoint's decision.
 
 use crate::cgi::{Request, Response};
 use std::io::{Read, Write};

@@ -1,6 +1,6 @@
 //! First-run set-up: creates the runtime tree and a fresh config with a random `ip_salt`
-//! when none exists (used by the local preview and by `tokens init`). It never overwrites an
-//! existing config.
+//! when none exists (used by the local preview). It never overwrites an existing config,
+//! and it never touches state files: those belong to the services.
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
