@@ -8,26 +8,6 @@
 //! request answers with a picture that says why; error pages link the site's stylesheet.
 
 use crate::util::*;
-use sha2::{Digest, Sha256};
-
-/// The puzzle's check, as the page's worker does it: the nonce whose SHA-256 of
-/// `"{id}:{nonce}"` has `bits` leading zero bits.
-fn solve(id: &str, bits: u32) -> String {
-    (0u64..)
-        .find(|n| {
-            let d = Sha256::digest(format!("{id}:{n}").as_bytes());
-            let mut zeros = 0;
-            for b in d {
-                zeros += b.leading_zeros();
-                if b != 0 {
-                    break;
-                }
-            }
-            zeros >= bits
-        })
-        .map(|n| n.to_string())
-        .unwrap_or_default()
-}
 
 /// A JSON challenge: (id, answer, pow bits or 0, the raw JSON).
 fn json_challenge(site: &Site, addr: &str) -> (String, String, u32, String) {
@@ -38,33 +18,18 @@ fn json_challenge(site: &Site, addr: &str) -> (String, String, u32, String) {
         .run();
     assert_eq!(a.status, 200, "{}", a.text());
     let t = a.text();
-    let field = |key: &str| {
-        t.split(&format!("\"{key}\":"))
-            .nth(1)
-            .map(|r| r.trim_start_matches('"'))
-            .and_then(|r| r.split(['"', ',', '}']).next())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let bits = field("bits").parse().unwrap_or(0);
+    let bits = json_field(&t, "bits").parse().unwrap_or(0);
     let answer = a
         .header("x-formwarden-test-answer")
         .expect("hook")
         .to_string();
-    (field("id"), answer, bits, t)
+    (json_field(&t, "id"), answer, bits, t)
 }
 
 fn form_with(answer: &str, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut form = good_form(answer);
     form.extend(extra.iter().cloned());
     form
-}
-
-fn delivered(site: &Site) -> usize {
-    site.ls("mail-out")
-        .iter()
-        .filter(|f| f.ends_with(".eml"))
-        .count()
 }
 
 fn pow_site(policy: &str) -> Site {
@@ -133,7 +98,7 @@ fn the_recording_speaks_the_same_challenge_once_and_its_characters_pass() {
     // The characters heard pass the form.
     let sent = site.contact_post(&id, &answer).run();
     assert_eq!(sent.status, 200, "{}", sent.text());
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
     // A used challenge has no recording any more.
     assert_eq!(by_id(&id).status, 410);
 }
@@ -163,7 +128,7 @@ fn pow_or_image_passes_by_work_alone_once_and_only_for_its_challenge() {
     let (id, _, bits, json) = json_challenge(&site, "192.0.2.30");
     assert!(json.contains("\"policy\":\"pow-or-image\""), "{json}");
     assert_eq!(bits, 10, "an empty window gets the base difficulty: {json}");
-    let nonce = solve(&id, bits);
+    let nonce = solve_pow(&id, bits);
     let post = |id: &str, form: &[(&str, String)]| {
         site.cgi("contact", "POST")
             .remote_addr("192.0.2.30")
@@ -177,7 +142,7 @@ fn pow_or_image_passes_by_work_alone_once_and_only_for_its_challenge() {
     // The work alone passes: no characters typed.
     let ok = post(&id, &form_with("", &[("pow", nonce.clone())]));
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
     // One-time like the challenge: the same work again is refused.
     let replay = post(&id, &form_with("", &[("pow", nonce)]));
     assert_eq!(replay.status, 403, "{}", replay.text());
@@ -192,7 +157,7 @@ fn pow_or_image_passes_by_work_alone_once_and_only_for_its_challenge() {
         .form(&good_form(&plain_answer))
         .run();
     assert_eq!(page.status, 200, "{}", page.text());
-    assert_eq!(delivered(&site), 3);
+    assert_eq!(site.delivered(), 3);
 }
 
 #[test]
@@ -213,7 +178,7 @@ fn image_and_pow_needs_both_and_says_so_without_script() {
         "{}",
         no_work.text()
     );
-    let nonce = solve(&id, bits);
+    let nonce = solve_pow(&id, bits);
     let no_answer = post(&form_with("", &[("pow", nonce.clone())]));
     assert_eq!(
         no_answer.status,
@@ -223,7 +188,7 @@ fn image_and_pow_needs_both_and_says_so_without_script() {
     );
     let both = post(&form_with(&answer, &[("pow", nonce)]));
     assert_eq!(both.status, 200, "{}", both.text());
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 }
 
 #[test]
@@ -274,7 +239,7 @@ fn show_a_new_image_without_script_keeps_what_was_typed() {
         !page.contains("aria-invalid=\"true\""),
         "nothing marked wrong: {page}"
     );
-    assert_eq!(delivered(&site), 0, "nothing sent");
+    assert_eq!(site.delivered(), 0, "nothing sent");
     assert_eq!(
         site.stored_count("192.0.2.40", "captcha_get"),
         Some(1),

@@ -21,7 +21,6 @@
 
 use crate::util::servers::{Client, Nginx, Reply, Server};
 use crate::util::{self, Site};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -407,32 +406,13 @@ fn pow_visitor(port: u16, i: usize) -> Attempt {
     );
     assert_eq!(j.status, 200, "{}", j.describe());
     let t = j.text();
-    let field = |key: &str| {
-        t.split(&format!("\"{key}\":"))
-            .nth(1)
-            .map(|r| r.trim_start_matches('"'))
-            .and_then(|r| r.split(['"', ',', '}']).next())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (id, bits): (String, u32) = (field("id"), field("bits").parse().expect("pow bits"));
-    let nonce = (0u64..)
-        .find(|n| {
-            let d = Sha256::digest(format!("{id}:{n}").as_bytes());
-            let mut zeros = 0;
-            for b in d {
-                zeros += b.leading_zeros();
-                if b != 0 {
-                    break;
-                }
-            }
-            zeros >= bits
-        })
-        .expect("nonce");
+    let id = util::json_field(&t, "id");
+    let bits: u32 = util::json_field(&t, "bits").parse().expect("pow bits");
+    let nonce = util::solve_pow(&id, bits);
     thread::sleep(PATIENT);
     let mut fields = honest_fields(&m, "");
     fields.push(("captcha_id", id));
-    fields.push(("pow", nonce.to_string()));
+    fields.push(("pow", nonce));
     let r = post(&mut c, &fields);
     Attempt {
         marker: m,

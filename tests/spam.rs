@@ -7,14 +7,6 @@
 
 use crate::util::*;
 
-/// Messages written by the file transport (delivered).
-fn delivered(site: &Site) -> usize {
-    site.ls("mail-out")
-        .iter()
-        .filter(|f| f.ends_with(".eml"))
-        .count()
-}
-
 fn quarantined(site: &Site) -> Vec<String> {
     site.ls("spool/quarantine")
         .into_iter()
@@ -45,7 +37,7 @@ fn a_filled_honeypot_is_quarantined_behind_the_normal_answer_and_released_by_the
     let site = Site::new();
     let honest = post(&site, &[]);
     assert_eq!(honest.status, 200, "{}", honest.text());
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 
     let bot = post(&site, &[("fw_trap", "http://spam.example/".into())]);
     assert_eq!(
@@ -60,7 +52,7 @@ fn a_filled_honeypot_is_quarantined_behind_the_normal_answer_and_released_by_the
         strip_id(honest.text()),
         "the same page"
     );
-    assert_eq!(delivered(&site), 1, "not sent");
+    assert_eq!(site.delivered(), 1, "not sent");
     let held = quarantined(&site);
     assert_eq!(held.len(), 1);
     assert!(bot.stderr.contains("quarantined"), "logged: {}", bot.stderr);
@@ -78,12 +70,12 @@ fn a_filled_honeypot_is_quarantined_behind_the_normal_answer_and_released_by_the
     assert!(stdout(&show).contains("Ada Lovelace"), "{}", stdout(&show));
     // The retry run never sends from the quarantine.
     site.cli("spool", &["retry"]);
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 
     let released = site.cli("spool", &["release", &held[0]]);
     assert!(released.status.success(), "{}", stdout(&released));
     assert!(stdout(&released).contains("delivered"));
-    assert_eq!(delivered(&site), 2, "released and sent");
+    assert_eq!(site.delivered(), 2, "released and sent");
     assert!(quarantined(&site).is_empty());
     let again = site.cli("spool", &["release", &held[0]]);
     assert_eq!(again.status.code(), Some(1), "released once only");
@@ -94,7 +86,7 @@ fn a_filled_honeypot_is_quarantined_behind_the_normal_answer_and_released_by_the
     let deleted = site.cli("spool", &["delete", &second[0]]);
     assert!(deleted.status.success());
     assert!(quarantined(&site).is_empty());
-    assert_eq!(delivered(&site), 2, "deleted, not sent");
+    assert_eq!(site.delivered(), 2, "deleted, not sent");
     let hostile = site.cli("spool", &["release", "../../config/config"]);
     assert!(!hostile.status.success());
     assert!(
@@ -116,14 +108,14 @@ fn the_time_trap_asks_to_send_again_and_keeps_the_challenge() {
         quick.text().contains("Ada Lovelace"),
         "the form comes back filled in"
     );
-    assert_eq!(delivered(&site), 0);
+    assert_eq!(site.delivered(), 0);
     assert!(quarantined(&site).is_empty());
     // A person who reads the page and sends again a few seconds later gets through with
     // the same challenge: the quick try cost no attempt.
     site.advance_clock(6);
     let later = site.contact_post(&id, &answer).run();
     assert_eq!(later.status, 200, "{}", later.text());
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 
     let strict = Site::with(
         "",
@@ -132,7 +124,7 @@ fn the_time_trap_asks_to_send_again_and_keeps_the_challenge() {
     let (id, answer) = strict.challenge("192.0.2.10");
     let quick = strict.contact_post(&id, &answer).run();
     assert_eq!(quick.status, 200, "{}", quick.text());
-    assert_eq!(delivered(&strict), 0);
+    assert_eq!(strict.delivered(), 0);
     let held = quarantined(&strict);
     assert_eq!(held.len(), 1);
     let list = stdout(&strict.cli("spool", &["list", "quarantine"]));
@@ -166,7 +158,7 @@ fn content_rules_quarantine_or_refuse_as_configured() {
         assert!(list.contains(rule), "{rule}: {list}");
     }
     assert_eq!(quarantined(&site).len(), 4);
-    assert_eq!(delivered(&site), 0);
+    assert_eq!(site.delivered(), 0);
     // Two links are fine, and a word inside a longer one is not the listed word.
     let fine = post(
         &site,
@@ -176,7 +168,7 @@ fn content_rules_quarantine_or_refuse_as_configured() {
         )],
     );
     assert_eq!(fine.status, 200);
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 
     let strict = Site::with(
         "",
@@ -210,7 +202,7 @@ fn content_rules_quarantine_or_refuse_as_configured() {
         "{}",
         json.text()
     );
-    assert_eq!(delivered(&strict), 0);
+    assert_eq!(strict.delivered(), 0);
     assert!(quarantined(&strict).is_empty(), "refused, so nothing held");
 }
 
@@ -226,7 +218,7 @@ fn a_full_quarantine_refuses_new_suspects_with_a_503() {
     assert_eq!(quarantined(&site).len(), 2);
     // Honest messages are not held back by a full quarantine.
     assert_eq!(post(&site, &[]).status, 200);
-    assert_eq!(delivered(&site), 1);
+    assert_eq!(site.delivered(), 1);
 }
 
 #[test]

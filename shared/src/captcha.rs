@@ -47,6 +47,23 @@ pub enum Policy {
     WorkOrImage,
 }
 
+impl Policy {
+    /// Every policy with its name in the config (`spam.challenge`) and in the JSON answer.
+    pub const NAMES: [(&'static str, Policy); 3] = [
+        ("image", Policy::Image),
+        ("image+pow", Policy::ImageAndWork),
+        ("pow-or-image", Policy::WorkOrImage),
+    ];
+
+    /// The policy's name, as the config spells it.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("image", |(n, _)| n)
+    }
+}
+
 /// A challenge as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -622,11 +622,7 @@ fn parse_spam(c: &Checker<'_>, raw: Option<RawSpam>) -> Result<SpamConfig> {
             "spam.challenge",
             raw.challenge.as_deref(),
             "image",
-            &[
-                ("image", crate::captcha::Policy::Image),
-                ("image+pow", crate::captcha::Policy::ImageAndWork),
-                ("pow-or-image", crate::captcha::Policy::WorkOrImage),
-            ],
+            &crate::captcha::Policy::NAMES,
         )?,
         pow_bits: c.int("spam.pow_bits", raw.pow_bits, 18, 1, 28)? as u32,
         pow_extra_bits: c.int("spam.pow_extra_bits", raw.pow_extra_bits, 4, 0, 8)? as u32,

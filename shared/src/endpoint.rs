@@ -248,7 +248,7 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
                 ("width", Json::Int(i64::from(crate::captcha_image::WIDTH))),
                 ("height", Json::Int(i64::from(crate::captcha_image::HEIGHT))),
                 ("expires_in", Json::Int(lifetime as i64)),
-                ("policy", Json::str(policy_name(app.config.spam.challenge))),
+                ("policy", Json::str(app.config.spam.challenge.name())),
                 ("pow", pow.unwrap_or(Json::Null)),
             ])
             .render(),
@@ -261,19 +261,11 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         let value = format!(
             "{}.{}",
             challenge.pow_bits,
-            policy_name(app.config.spam.challenge)
+            app.config.spam.challenge.name()
         );
         resp = resp.header("Set-Cookie", cookie(POW_COOKIE, &value));
     }
     test_hook_answer(resp, &challenge.answer)
-}
-
-fn policy_name(p: crate::captcha::Policy) -> &'static str {
-    match p {
-        crate::captcha::Policy::Image => "image",
-        crate::captcha::Policy::ImageAndWork => "image+pow",
-        crate::captcha::Policy::WorkOrImage => "pow-or-image",
-    }
 }
 
 /// `GET captcha?audio=1`: the one recording of the challenge named by `id` (the page's

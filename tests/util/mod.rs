@@ -248,6 +248,14 @@ impl Site {
         formwarden::shard::path(&self.var("tmp/ratelimit"), &client_key(addr), ".toml")
     }
 
+    /// Messages the file transport delivered (`.eml` files in `var/mail-out`).
+    pub fn delivered(&self) -> usize {
+        self.ls("mail-out")
+            .iter()
+            .filter(|f| f.ends_with(".eml"))
+            .count()
+    }
+
     /// Where challenge `id` is stored.
     pub fn challenge_path(&self, id: &str) -> PathBuf {
         formwarden::shard::path(&self.var("tmp/captcha"), id, ".toml")
@@ -312,6 +320,27 @@ pub fn make_var_dirs(var: &Path) {
     {
         std::fs::create_dir_all(&d).expect("mkdir");
     }
+}
+
+/// The nonce that solves challenge `id`'s puzzle of `bits` bits, by the service's own check
+/// (`captcha::work_valid`); the browser test shows that the page's worker, written apart,
+/// finds nonces this check accepts.
+pub fn solve_pow(id: &str, bits: u32) -> String {
+    (0u64..)
+        .map(|n| n.to_string())
+        .find(|n| formwarden::captcha::work_valid(id, n, bits))
+        .unwrap_or_default()
+}
+
+/// The value of `key` in a flat JSON answer (a string's contents, or a number as written);
+/// empty when absent. Enough for the captcha endpoint's JSON, whose values hold no quotes.
+pub fn json_field(json: &str, key: &str) -> String {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)
+        .map(|r| r.trim_start_matches('"'))
+        .and_then(|r| r.split(['"', ',', '}']).next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A valid contact form for challenge `(id, answer)`.
