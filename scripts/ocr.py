@@ -7,13 +7,19 @@ set to the product's alphabet, on the image as served and on a cleaned copy (3x3
 then a fixed threshold), which removes thin lines and speckles. An image counts as read
 when any of these attempts gives the exact answer: a bot may try them all.
 
-Usage: python3 scripts/ocr.py CAPTCHA_EXE [CAPTCHA_EXE ...] [--images N] [--jobs J]
+Usage: python3 scripts/ocr.py CAPTCHA_EXE[=ALPHABET] [...] [--images N] [--jobs J]
+The whitelist is the alphabet of shared/src/captcha.rs unless an executable is followed by
+its own (an older build drew from a larger alphabet: OCR gets each build's own, as a bot
+that knows the site would).
 Several executables (say an older build and the new one) are measured in one run, their
 images interleaved, so that both see the same machine. Figures only; nothing is asserted.
 """
-import argparse, concurrent.futures, os, re, subprocess, tempfile, time
+import argparse, concurrent.futures, os, re, subprocess, sys, tempfile, time
 
-ALPHABET = "ACDEFHJKMNPRTUVWXY34679"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "assets"))
+from alphabet import alphabet  # noqa: E402
+
+ALPHABET = alphabet()
 SALT = "ocrS4lt-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -78,22 +84,23 @@ def clean(src, dst):
         f.write(b"P5\n%d %d\n255\n" % (w, h) + bytes(out))
 
 
-def read(path):
+def read(path, alphabet):
     got = set()
     for psm in (7, 8, 13):
         p = subprocess.run(["tesseract", path, "-", "--psm", str(psm), "-c",
-                            f"tessedit_char_whitelist={ALPHABET}"], capture_output=True)
+                            f"tessedit_char_whitelist={alphabet}"], capture_output=True)
         got.add(re.sub(r"\s", "", p.stdout.decode(errors="replace")).upper())
     return got
 
 
 def attempt(job):
     label, png, answer = job
+    exe, alphabet = label
     pgm = png[:-4] + ".pgm"
     clean(png, pgm)
-    plain = answer in read(png)
-    cleaned = answer in read(pgm)
-    return label, plain, cleaned
+    plain = answer in read(png, alphabet)
+    cleaned = answer in read(pgm, alphabet)
+    return label, png, answer, plain, cleaned
 
 
 def main():
@@ -103,25 +110,28 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fw-ocr-img-")
-    roots = {exe: site() for exe in a.exes}
+    labels = [tuple(e.split("=", 1)) if "=" in e else (e, ALPHABET) for e in a.exes]
+    roots = {label: site() for label in labels}
     jobs = []
     for i in range(a.images):
-        for n, exe in enumerate(a.exes):
+        for n, label in enumerate(labels):
             png = os.path.join(work, f"{n}-{i}.png")
-            jobs.append((exe, png, render(exe, roots[exe], png)))
+            jobs.append((label, png, render(label[0], roots[label], png)))
     print(f"tesseract {subprocess.run(['tesseract', '--version'], capture_output=True, text=True).stdout.split()[1]}, "
-          f"{a.images} images per executable, psm 7/8/13, whitelist {ALPHABET}, {a.jobs} jobs")
+          f"{a.images} images per executable, psm 7/8/13, {a.jobs} jobs")
     t = time.time()
-    score = {exe: [0, 0, 0] for exe in a.exes}
+    score = {label: [0, 0, 0] for label in labels}
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        for label, plain, cleaned in pool.map(attempt, jobs):
+        for label, png, answer, plain, cleaned in pool.map(attempt, jobs):
+            if plain or cleaned:
+                print(f"  read: {png} {answer}", flush=True)
             s = score[label]
             s[0] += plain
             s[1] += cleaned
             s[2] += plain or cleaned
-    for exe in a.exes:
-        p, c, e = score[exe]
-        print(f"  {exe}\n    read as served {p:4}  after cleaning {c:4}  either {e:4} of {a.images}"
+    for label in labels:
+        p, c, e = score[label]
+        print(f"  {label[0]} (whitelist {label[1]})\n    read as served {p:4}  after cleaning {c:4}  either {e:4} of {a.images}"
               f"  ({100 * e / a.images:.1f} %)")
     print(f"  ({time.time() - t:.0f} s; images in {work})")
 

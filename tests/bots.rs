@@ -21,13 +21,13 @@
 
 use crate::util::servers::{Client, Nginx, Reply, Server};
 use crate::util::{self, Site};
+use formwarden::captcha::ALPHABET_TEXT as ALPHABET;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const ALPHABET: &str = "ACDEFHJKMNPRTUVWXY34679";
 /// A little over the default `spam.min_fill_seconds`: what a patient bot waits.
 const PATIENT: Duration = Duration::from_millis(3300);
 
@@ -432,7 +432,15 @@ fn browser_ocr_bots(server: &Server, n: usize) -> Vec<Attempt> {
     let out = Command::new("node")
         .arg(dir.join("flow.mjs"))
         .args([
-            "--base", &base, "--marker", &m, "--only", "ocrbot", "--runs",
+            "--base",
+            &base,
+            "--marker",
+            &m,
+            "--only",
+            "ocrbot",
+            "--alphabet",
+            ALPHABET,
+            "--runs",
         ])
         .arg(n.to_string())
         .current_dir(&dir)

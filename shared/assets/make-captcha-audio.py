@@ -29,7 +29,9 @@ import subprocess
 import tempfile
 import wave
 
-ALPHABET = "ACDEFHJKMNPRTUVWXY34679"
+from alphabet import alphabet
+
+ALPHABET = alphabet()
 RATE = 8000
 # espeak-ng voice, words per minute: a little slower than its default of 175, since each
 # clip is one letter name that the listener must catch through noise.

@@ -3,7 +3,7 @@
 
 The CAPTCHA renderer (shared/src/captcha_image.rs) embeds a tiny font that only
 has to draw the CAPTCHA alphabet, so this script cuts DejaVu Sans Bold down to
-those 23 characters, drops everything the renderer never reads (hinting,
+those characters, drops everything the renderer never reads (hinting,
 OpenType layout and kerning tables), and renames the result.  The renaming is
 required: the Bitstream Vera licence only allows modified fonts to be
 distributed under names without "Bitstream" or "Vera", the Arev licence the
@@ -29,8 +29,9 @@ import textwrap
 from fontTools import subset
 from fontTools.ttLib import TTFont
 
-# Keep this in sync with the alphabet in shared/src/captcha_image.rs.
-ALPHABET = "ACDEFHJKMNPRTUVWXY34679"
+from alphabet import alphabet
+
+ALPHABET = alphabet()
 
 SOURCE = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 HERE = os.path.dirname(os.path.abspath(__file__))

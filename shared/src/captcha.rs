@@ -20,8 +20,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Characters a challenge is made of: no 0/O, 1/I/L, 2/Z, 5/S, 8/B, so nobody fails on a
-/// glyph that could be two.
-pub const ALPHABET: &[u8] = b"ACDEFHJKMNPRTUVWXY34679";
+/// glyph that could be two. Readings of distorted samples also confused 4/A, U/J, Y/A,
+/// V/N, X/7, P/R, T/7 and E/F, so A, J, P, V, X, 7 and F are left out as well
+/// (docs/SPAM.md).
+pub const ALPHABET_TEXT: &str = "CDEHKMNRTUWY3469";
+/// [`ALPHABET_TEXT`] as bytes, the form the service draws and checks with.
+pub const ALPHABET: &[u8] = ALPHABET_TEXT.as_bytes();
+
+/// Letters that are not in the alphabet, typed for the look-alike that is: a visitor who
+/// reads the drawn 4 as an A has still read the picture, and since no answer holds an A,
+/// taking it as a 4 lets nobody else through. Only pairs with one obvious partner are
+/// here; a typed V could have been an N, a U or a Y, so it stays wrong.
+const LOOK_ALIKES: &[(char, char)] = &[('A', '4'), ('J', 'U'), ('P', 'R'), ('7', 'T'), ('F', 'E')];
 
 /// Length of a challenge id in hex digits (128 random bits).
 pub const ID_LEN: usize = 32;
@@ -330,7 +340,9 @@ fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
     let mut out = String::with_capacity(bytes.len() / 2);
     for (pair, k) in bytes.chunks(2).zip(key) {
         let byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()? ^ k;
-        if !ALPHABET.contains(&byte) {
+        // Any upper-case letter or digit, not just today's alphabet: a challenge issued
+        // before an upgrade that shrank the alphabet must still be spoken and checked.
+        if !(byte.is_ascii_uppercase() || byte.is_ascii_digit()) {
             return None;
         }
         out.push(char::from(byte));
@@ -388,12 +400,19 @@ pub fn answer_hash(salt: &str, id: &str, answer: &str) -> String {
     crate::random::hex(&h.finalize())
 }
 
-/// Upper-cases the answer and drops whitespace, so "ab c7" and "ABC7" are the same.
+/// Upper-cases the answer, drops whitespace and reads [`LOOK_ALIKES`] as their partners,
+/// so "cd e4" and "CDE4" are the same, and so are "a3" and "43".
 fn normalize_answer(answer: &str) -> String {
     answer
         .chars()
         .filter(|c| !c.is_whitespace())
         .flat_map(char::to_uppercase)
+        .map(|c| {
+            LOOK_ALIKES
+                .iter()
+                .find(|(typed, _)| *typed == c)
+                .map_or(c, |&(_, meant)| meant)
+        })
         .collect()
 }
 
@@ -719,10 +738,10 @@ mod tests {
     #[test]
     fn the_sealed_answer_opens_only_with_its_salt_and_id() {
         let id = "0123456789abcdef0123456789abcdef";
-        let sealed = seal("salt-one", id, "ACD47");
-        assert!(!sealed.contains("ACD47"));
-        assert_eq!(unseal("salt-one", id, &sealed).as_deref(), Some("ACD47"));
-        assert_ne!(unseal("salt-two", id, &sealed).as_deref(), Some("ACD47"));
+        let sealed = seal("salt-one", id, "CDK46");
+        assert!(!sealed.contains("CDK46"));
+        assert_eq!(unseal("salt-one", id, &sealed).as_deref(), Some("CDK46"));
+        assert_ne!(unseal("salt-two", id, &sealed).as_deref(), Some("CDK46"));
     }
 
     #[test]
@@ -770,6 +789,29 @@ mod tests {
 
     #[test]
     fn answers_compare_case_and_space_insensitively() {
-        assert_eq!(normalize_answer(" ab c7\t"), "ABC7");
+        assert_eq!(normalize_answer(" cd e4\t"), "CDE4");
+    }
+
+    /// A look-alike typed for a character of the alphabet counts as that character; every
+    /// pair maps out of the alphabet into it, so no answer gains a second spelling that
+    /// could hide another answer.
+    #[test]
+    fn look_alikes_are_read_as_their_partners() {
+        assert_eq!(normalize_answer("a j p7f"), "4URTE");
+        for &(typed, meant) in LOOK_ALIKES {
+            assert!(
+                !ALPHABET.contains(&(typed as u8)),
+                "{typed} is in the alphabet"
+            );
+            assert!(
+                ALPHABET.contains(&(meant as u8)),
+                "{meant} is not in the alphabet"
+            );
+        }
+        let salt = "s".repeat(32);
+        assert_eq!(
+            answer_hash(&salt, "id", "4UR3"),
+            answer_hash(&salt, "id", "aJp3")
+        );
     }
 }

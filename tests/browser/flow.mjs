@@ -30,6 +30,7 @@ const { values: opt } = parseArgs({
     only: { type: 'string', default: 'nojs,js,de,audio' },
     'pow-runs': { type: 'string', default: '5' },
     runs: { type: 'string', default: '3' },
+    alphabet: { type: 'string' },
   },
 });
 if (!opt.base) {
@@ -401,10 +402,13 @@ const scenarios = {
           const png = join(dir, `c${i}.png`);
           await page.locator('.captcha img').screenshot({ path: png });
           let guess = '';
+          // The product's alphabet, passed by the test (captcha::ALPHABET_TEXT).
+          const alphabet = opt.alphabet || '';
+          if (!/^[A-Z0-9]+$/.test(alphabet)) throw new Error('ocrbot needs --alphabet');
           for (const psm of ['7', '8']) {
             const text = execFileSync('tesseract', [png, 'stdout', '--psm', psm, '-c',
-              'tessedit_char_whitelist=ACDEFHJKMNPRTUVWXY34679'], { stdio: ['ignore', 'pipe', 'ignore'] });
-            guess = String(text).replace(/[^ACDEFHJKMNPRTUVWXY34679]/g, '');
+              `tessedit_char_whitelist=${alphabet}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+            guess = [...String(text)].filter((c) => alphabet.includes(c)).join('');
             if (guess.length >= 4 && guess.length <= 8) break;
           }
           await fill(page, {
