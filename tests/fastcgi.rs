@@ -88,6 +88,41 @@ fn the_cgi_flow_works_over_tcp() {
     captcha_then_contact(&site, &captcha.endpoint, &contact.endpoint);
 }
 
+/// `FCGI_WEB_SERVER_ADDRS` (FastCGI spec, 3.2): a TCP peer that is not listed is
+/// closed on without an answer, even with a well-formed request, and said so in the log;
+/// a listed one is served; a list with no valid address admits nobody.
+#[test]
+fn fcgi_web_server_addrs_refuses_unlisted_peers() {
+    let site = Site::new();
+    for (list, admitted) in [
+        ("192.0.2.7", false),
+        ("not-an-address", false),
+        ("192.0.2.7, 127.0.0.1", true),
+    ] {
+        let r = Spawn::tcp("captcha", site.root())
+            .env("FCGI_WEB_SERVER_ADDRS", list)
+            .start();
+        let mut c = r.endpoint.connect().expect("connect");
+        let answer = site.cgi("captcha", "GET").send(&mut c, 1, false);
+        if admitted {
+            let a = answer.expect("a listed peer is served");
+            assert_eq!(a.status, 200, "{list}: {}", a.text());
+        } else {
+            assert!(answer.is_err(), "{list}: an unlisted peer got an answer");
+            assert!(
+                r.log()
+                    .contains("refused a connection from a peer not in FCGI_WEB_SERVER_ADDRS"),
+                "{list}: {}",
+                r.log()
+            );
+            assert!(
+                !r.log().contains("127.0.0.1"),
+                "the peer's address is not logged"
+            );
+        }
+    }
+}
+
 #[test]
 fn tokens_verify_and_rotate_over_fastcgi() {
     let site = Site::new();
@@ -103,7 +138,9 @@ fn tokens_verify_and_rotate_over_fastcgi() {
             .run_on(&r.endpoint)
     };
     assert_eq!(verify(&token).status, 204);
-    assert_ne!(verify("not-a-token").status, 204);
+    // A wrong token is refused as unauthorized, not by some other failure (a 500 is not
+    // "refused").
+    assert_eq!(verify("not-a-token").status, 401);
     let rotate = site
         .cgi("tokens", "POST")
         .query("action=rotate&profile=deploy")

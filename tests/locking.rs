@@ -4,7 +4,6 @@
 
 use crate::util::*;
 use formwarden::lock::LockKey;
-use std::time::Duration;
 
 fn assert_timed_out(a: &Answer, key: &LockKey) {
     let expected = assert_lock_timeout(a, key);
@@ -24,9 +23,7 @@ fn captcha_get_takes_the_ratelimit_key() {
     let a = site.cgi("captcha", "GET").run();
     assert_timed_out(&a, &key);
     assert!(
-        site.files("tmp/captcha")
-            .iter()
-            .all(|f| f == ".keep" || f.is_empty()),
+        site.files("tmp/captcha").iter().all(|f| f == ".keep"),
         "no challenge while refused"
     );
     drop(held);
@@ -103,18 +100,15 @@ fn token_rotation_takes_the_profile_key_and_verify_stays_lock_free() {
         .run();
     assert_timed_out(&a, &key);
 
-    // Verification reads without the lock and still answers at once.
+    // Verification reads without the lock: the lock is held for the whole block, so a
+    // verification that tried to take it would end in a lock timeout (503), never 204.
+    // No timing is asserted (timings on shared machines are noise).
     let a = site
         .cgi("tokens", "GET")
         .query("profile=deploy")
         .header("authorization", &format!("Bearer {token}"))
         .run();
-    assert_eq!(a.status, 204);
-    assert!(
-        a.elapsed < Duration::from_millis(300),
-        "verify must not wait for the write lock: {:?}",
-        a.elapsed
-    );
+    assert_eq!(a.status, 204, "{}", a.text());
     drop(held);
 
     let a = site

@@ -575,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiter_gets_the_lock_as_soon_as_it_is_released() {
+    fn a_waiter_gets_the_lock_once_it_is_released_and_not_before() {
         let dir = tempfile::tempdir().expect("tempdir");
         let runner = LockRunner::new(
             dir.path(),
@@ -584,12 +584,20 @@ mod tests {
         );
         let key = LockKey::new("k");
         let held = runner.acquire(&key).expect("acquire");
-        let r2 = runner.clone();
-        let k2 = key.clone();
-        let t = thread::spawn(move || r2.acquire(&k2).map(|_| ()));
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r2, k2, seen) = (runner.clone(), key.clone(), released.clone());
+        // The waiter records whether the holder had already let go when it got the lock:
+        // getting it while held would be a broken lock, and not getting it at all within
+        // the 2-second bound would be a lost wake-up.
+        let t = thread::spawn(move || {
+            r2.acquire(&k2)
+                .map(|_| seen.load(std::sync::atomic::Ordering::SeqCst))
+        });
         thread::sleep(Duration::from_millis(50));
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(held);
-        assert!(t.join().expect("join").is_ok());
+        let got = t.join().expect("join").expect("the waiter gets the lock");
+        assert!(got, "the waiter got the lock while it was still held");
     }
 
     #[test]

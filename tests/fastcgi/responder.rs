@@ -154,7 +154,9 @@ impl Spawn {
             if !r.alive() {
                 return Err(r.log());
             }
-            if r.answers_get_values() {
+            // A responder told to refuse us (FCGI_WEB_SERVER_ADDRS) is ready once it has
+            // accepted and refused the probe.
+            if r.answers_get_values() || r.log().contains("refused a connection from a peer") {
                 return Ok(r);
             }
             thread::sleep(Duration::from_millis(20));

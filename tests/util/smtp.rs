@@ -19,7 +19,6 @@ pub fn free_port() -> u16 {
 pub struct Smtp {
     child: Child,
     pub maildir: PathBuf,
-    pub port: u16,
 }
 
 impl Smtp {
@@ -41,11 +40,7 @@ impl Smtp {
             .read_line(&mut line)
             .expect("server output");
         assert_eq!(line.trim(), "READY", "the SMTP server did not start");
-        Smtp {
-            child,
-            maildir,
-            port,
-        }
+        Smtp { child, maildir }
     }
 
     /// Every message the server accepted, as text.
