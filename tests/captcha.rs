@@ -50,6 +50,15 @@ fn json_mode_returns_id_and_inline_image() {
         t.contains("\"id\":\"") && t.contains("data:image/png;base64,"),
         "{t}"
     );
+    // The inline image is the picture itself: standard base64 of a PNG.
+    let data = t
+        .split("\"image\":\"data:image/png;base64,")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("image field");
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
+        .expect("the data URL is valid base64");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // A script can post the id as a field instead of the cookie.
     let id = t
         .split("\"id\":\"")

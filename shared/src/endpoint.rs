@@ -17,6 +17,7 @@ use crate::pages::{self, Lang, Msg, PageCtx, text};
 use crate::ratelimit::{Bucket, Verdict};
 use crate::screen::{self, Rule};
 use crate::state::now;
+use base64::Engine as _;
 use std::io::Read;
 
 /// Name of the cookie that carries the challenge id to a plain HTML form.
@@ -242,7 +243,7 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
                     "image",
                     Json::str(format!(
                         "data:image/png;base64,{}",
-                        crate::random::base64(&png)
+                        base64::engine::general_purpose::STANDARD.encode(&png)
                     )),
                 ),
                 ("width", Json::Int(i64::from(crate::captcha_image::WIDTH))),

@@ -1,6 +1,6 @@
-//! Randomness from the operating system, and the few encodings we need for it (hex, the
-//! CAPTCHA alphabet, URL-safe base64). Nothing here is seeded or reproducible: ids, answers
-//! and tokens must never be guessable.
+//! Randomness from the operating system, and the encodings we need for it (hex, the
+//! CAPTCHA alphabet), plus a constant-time comparison. Nothing here is seeded or
+//! reproducible: ids, answers and tokens must never be guessable.
 
 use crate::error::{Error, Result};
 
@@ -47,28 +47,6 @@ pub fn from_alphabet(alphabet: &[u8], n: usize) -> Result<String> {
     Ok(out)
 }
 
-/// Standard base64 with padding (for `data:` URLs).
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -88,9 +66,6 @@ mod tests {
     #[test]
     fn encodings_match_known_values() {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
