@@ -22,7 +22,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fate {
+pub enum DeliveryOutcome {
     /// Delivered and taken out of `new/`.
     Delivered,
     /// Not delivered; stays in `new/` for a later retry.
@@ -78,34 +78,34 @@ fn give_up_reason(app: &App, msg: &Message, now: u64) -> Option<String> {
 
 /// Handles one message in `new/`: claim, re-read, decide, send, record. `due_only` makes
 /// the retry run respect the backoff; the POST's first attempt ignores it.
-fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
+fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutcome> {
     let Some(guard) = app.locks.try_acquire(&LockKey::spool(id))? else {
-        return Ok(Fate::Busy);
+        return Ok(DeliveryOutcome::Busy);
     };
     let spool = &app.spool;
     let mut msg = match spool.load(Folder::New, id, now)? {
         None => {
             // Delivered (or failed) by someone else between our listing and our lock.
             guard.release_and_unlink()?;
-            return Ok(Fate::Skipped);
+            return Ok(DeliveryOutcome::Skipped);
         }
         Some(Err(reason)) => {
             // The reset executor's rule for the spool: never delete a message, park it.
             tracing::error!(id, reason, "spool entry unreadable: moved to failed/");
             spool.move_to(id, Folder::New, Folder::Failed)?;
             guard.release_and_unlink()?;
-            return Ok(Fate::Failed(reason));
+            return Ok(DeliveryOutcome::Failed(reason));
         }
         Some(Ok(m)) => m,
     };
     if due_only && msg.next_attempt_at > now {
-        return Ok(Fate::Skipped);
+        return Ok(DeliveryOutcome::Skipped);
     }
     if let Some(reason) = give_up_reason(app, &msg, now) {
         tracing::error!(id, reason, "delivery given up: moved to failed/");
         spool.move_to(id, Folder::New, Folder::Failed)?;
         guard.release_and_unlink()?;
-        return Ok(Fate::Failed(reason));
+        return Ok(DeliveryOutcome::Failed(reason));
     }
     if let crate::quota::Verdict::Over { free_at } = app.quota.reserve(now)? {
         // Not an attempt: the message waits for a place under the host's quota.
@@ -118,7 +118,7 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
             "mail quota reached: the message stays in the spool"
         );
         // Like a backoff: waiting, not a failure (cron's exit code stays 0).
-        return Ok(Fate::Skipped);
+        return Ok(DeliveryOutcome::Skipped);
     }
     let result = mail::build(&app.config.mail, &msg)
         .and_then(|m| mail::send(&app.config.mail, app.layout.root(), id, &m));
@@ -132,7 +132,7 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
             }
             tracing::info!(id, attempts = msg.attempts + 1, "message delivered");
             guard.release_and_unlink()?;
-            Ok(Fate::Delivered)
+            Ok(DeliveryOutcome::Delivered)
         }
         Err(e) => {
             msg.attempts += 1;
@@ -145,11 +145,11 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
                 spool.move_to(id, Folder::New, Folder::Failed)?;
                 tracing::error!(id, attempts = msg.attempts, error = %e, "delivery given up: moved to failed/");
                 guard.release_and_unlink()?;
-                return Ok(Fate::Failed(msg.last_error));
+                return Ok(DeliveryOutcome::Failed(msg.last_error));
             }
             spool.update(Folder::New, &msg)?;
             tracing::warn!(id, attempts = msg.attempts, permanent, error = %e, "delivery deferred: message stays in the spool");
-            Ok(Fate::Deferred(msg.last_error))
+            Ok(DeliveryOutcome::Deferred(msg.last_error))
         }
     }
 }
@@ -158,7 +158,7 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<Fate> {
 /// `false` means it is safely in the spool for the retry run.
 pub fn deliver_fresh(app: &App, id: &str, now: u64) -> bool {
     match handle(app, id, now, false) {
-        Ok(Fate::Delivered) => true,
+        Ok(DeliveryOutcome::Delivered) => true,
         Ok(_) => false,
         Err(e) => {
             tracing::error!(id, error = %e, "delivery attempt failed; the message stays in the spool");
@@ -173,11 +173,11 @@ pub fn retry(app: &App, now: u64) -> Result<RetryReport> {
     let mut report = RetryReport::default();
     for id in app.spool.ids(Folder::New)? {
         match handle(app, &id, now, true)? {
-            Fate::Delivered => report.delivered += 1,
-            Fate::Deferred(_) => report.deferred += 1,
-            Fate::Failed(_) => report.failed += 1,
-            Fate::Busy => report.busy += 1,
-            Fate::Skipped => report.waiting += 1,
+            DeliveryOutcome::Delivered => report.delivered += 1,
+            DeliveryOutcome::Deferred(_) => report.deferred += 1,
+            DeliveryOutcome::Failed(_) => report.failed += 1,
+            DeliveryOutcome::Busy => report.busy += 1,
+            DeliveryOutcome::Skipped => report.waiting += 1,
         }
     }
     tracing::info!(?report, "retry run done");
@@ -203,14 +203,14 @@ pub fn retry_step(app: &App, now: u64) -> Result<Option<RetryReport>> {
     let mut report = RetryReport::default();
     for id in ids.iter().take(STEP_LOOKS) {
         match handle(app, id, now, true)? {
-            Fate::Delivered => report.delivered += 1,
-            Fate::Deferred(_) => report.deferred += 1,
-            Fate::Failed(_) => report.failed += 1,
-            Fate::Busy => {
+            DeliveryOutcome::Delivered => report.delivered += 1,
+            DeliveryOutcome::Deferred(_) => report.deferred += 1,
+            DeliveryOutcome::Failed(_) => report.failed += 1,
+            DeliveryOutcome::Busy => {
                 report.busy += 1;
                 continue;
             }
-            Fate::Skipped => {
+            DeliveryOutcome::Skipped => {
                 report.waiting += 1;
                 continue;
             }

@@ -498,7 +498,7 @@ impl Write for Stream {
 
 /// A stream whose reads fail once a deadline has passed, so that a peer trickling one byte
 /// per timeout period still cannot hold a thread for longer than the phase allows.
-struct Wire {
+struct DeadlineStream {
     stream: Stream,
     /// Reads fail with `TimedOut` from this instant on.
     read_deadline: Instant,
@@ -510,11 +510,11 @@ struct Wire {
     applied: Option<Duration>,
 }
 
-impl Wire {
-    fn new(stream: Stream, limits: &Limits) -> io::Result<Wire> {
+impl DeadlineStream {
+    fn new(stream: Stream, limits: &Limits) -> io::Result<DeadlineStream> {
         stream.set_write_timeout(Some(limits.write_timeout.max(Duration::from_millis(1))))?;
         let now = Instant::now();
-        Ok(Wire {
+        Ok(DeadlineStream {
             stream,
             read_deadline: now + limits.idle_timeout,
             write_deadline: now + limits.write_timeout,
@@ -528,7 +528,7 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} deadline passed"))
 }
 
-impl Read for Wire {
+impl Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.read_deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -548,7 +548,7 @@ impl Read for Wire {
     }
 }
 
-impl Write for Wire {
+impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if Instant::now() >= self.write_deadline {
             return Err(timed_out("write"));
@@ -731,7 +731,7 @@ fn get_values_result(query: &[u8], limits: &Limits) -> Result<Vec<u8>, ConnError
 
 /// One connection: its reader and its place among the slots.
 struct Conn<'a> {
-    r: BufReader<Wire>,
+    r: BufReader<DeadlineStream>,
     content: Vec<u8>,
     limits: &'a Limits,
     /// Records since the last request began that started nothing.
@@ -986,7 +986,7 @@ fn serve_connection(
     limits: &Limits,
     slot: &Arc<Slot>,
 ) -> Result<(), ConnError> {
-    let wire = Wire::new(stream, limits)?;
+    let wire = DeadlineStream::new(stream, limits)?;
     let mut conn = Conn {
         r: BufReader::with_capacity(16 * 1024, wire),
         content: Vec::new(),
