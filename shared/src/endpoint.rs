@@ -369,17 +369,46 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         Ok(a) => a,
         Err(e) => return error_response(&ctx, &e, None, Doing::Message),
     };
+    // The stages of a POST, each of which may end it with its own answer: the body read
+    // and parsed, the fields checked, the gates passed (rate limit, CAPTCHA or work, time
+    // trap), and the message accepted (screened, saved, handed to delivery).
+    let outcome = read_form(&mut req, body, &app, &ctx).and_then(|fields| {
+        let submission = check_fields(fields, &app, &ctx)?;
+        let t = now();
+        let issued_at = pass_gates(&req, &submission, &app, &ctx, t)?;
+        Ok(accept(submission, issued_at, &app, &ctx, t))
+    });
+    outcome.unwrap_or_else(|answer| answer)
+}
+
+/// A checked contact POST: the message, the visitor's answer to the challenge, and the
+/// fields to refill the form with if anything later refuses it.
+struct Submission {
+    fields: Fields,
+    contact: form::Contact,
+    answer: String,
+    work: Option<String>,
+    refill: Fields,
+}
+
+/// Reads and parses the body of a contact POST: a form of the right type and size.
+fn read_form(
+    req: &mut Request,
+    body: &mut dyn Read,
+    app: &App,
+    ctx: &PageCtx,
+) -> Result<Fields, Response> {
     let l = ctx.lang;
     if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
-        return pages::error(
-            &ctx,
+        return Err(pages::error(
+            ctx,
             415,
             "unsupported_media_type",
             text(l, Msg::WrongType),
             &[],
             None,
             None,
-        );
+        ));
     }
     if let Err(e) = req.read_body(body, app.config.max_body_bytes) {
         let (status, code, msg) = match e {
@@ -387,30 +416,44 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
             BodyError::LengthRequired => (411, "length_required", Msg::BadRequest),
             BodyError::Truncated => (400, "bad_request", Msg::BadRequest),
         };
-        return pages::error(&ctx, status, code, text(l, msg), &[], None, None);
+        return Err(pages::error(
+            ctx,
+            status,
+            code,
+            text(l, msg),
+            &[],
+            None,
+            None,
+        ));
     }
-    let fields = match form::parse_urlencoded(&req.body) {
-        Ok(f) => f,
-        Err(why) => {
-            tracing::info!(why, "malformed form body");
-            return pages::error(
-                &ctx,
-                400,
-                "bad_request",
-                text(l, Msg::BadRequest),
-                &[],
-                Some(&Fields::new()),
-                None,
-            );
-        }
-    };
+    form::parse_urlencoded(&req.body).map_err(|why| {
+        tracing::info!(why, "malformed form body");
+        pages::error(
+            ctx,
+            400,
+            "bad_request",
+            text(l, Msg::BadRequest),
+            &[],
+            Some(&Fields::new()),
+            None,
+        )
+    })
+}
+
+/// Checks the fields of a parsed form: the "Show a new image" post-back, the message's
+/// own fields, and that an answer to the challenge is there (characters, or work where
+/// the policy lets work stand in for them).
+fn check_fields(fields: Fields, app: &App, ctx: &PageCtx) -> Result<Submission, Response> {
     let mut refill = fields.clone();
     refill.remove("captcha");
     refill.remove("pow");
     // "Show a new image" on the page without script posts the form back, so that nothing
     // typed is lost: the same form, filled in, with a fresh picture. Nothing else happens.
     if fields.get(NEW_IMAGE_ACTION.0).map(String::as_str) == Some(NEW_IMAGE_ACTION.1) {
-        return Response::html(200, pages::form_html(&ctx, &[], &[], &refill));
+        return Err(Response::html(
+            200,
+            pages::form_html(ctx, &[], &[], &refill),
+        ));
     }
     let answer = fields
         .get("captcha")
@@ -418,9 +461,8 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         .unwrap_or_default();
     let work = fields
         .get("pow")
-        .map(|w| w.trim())
+        .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty());
-    let policy = app.config.spam.challenge;
     let (contact, mut errors) = match form::validate(&fields) {
         Ok(c) => (Some(c), Vec::new()),
         Err(e) => (None, e),
@@ -437,54 +479,72 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
         });
     }
     // Under "pow-or-image" the script's work stands in for the characters.
-    if answer.is_empty() && !(policy == Policy::WorkOrImage && work.is_some()) {
+    if answer.is_empty() && !(app.config.spam.challenge == Policy::WorkOrImage && work.is_some()) {
         errors.push(FieldError {
             field: "captcha",
             problem: Problem::Missing,
         });
     }
-    let contact = match contact {
-        Some(c) if errors.is_empty() => c,
-        _ => {
-            return pages::error(
-                &ctx,
-                422,
-                "invalid_fields",
-                text(l, Msg::FixFields),
-                &errors,
-                Some(&refill),
-                None,
-            );
-        }
-    };
-    let t = now();
+    match contact {
+        Some(contact) if errors.is_empty() => Ok(Submission {
+            fields,
+            contact,
+            answer,
+            work,
+            refill,
+        }),
+        _ => Err(pages::error(
+            ctx,
+            422,
+            "invalid_fields",
+            text(ctx.lang, Msg::FixFields),
+            &errors,
+            Some(&refill),
+            None,
+        )),
+    }
+}
+
+/// The gates a checked message must pass before it is accepted: the client's rate limit,
+/// the work the policy demands, and the challenge (its answer or work, and the time trap
+/// in its "send again" form, decided under the challenge's lock). Returns when the
+/// challenge was issued.
+fn pass_gates(
+    req: &Request,
+    s: &Submission,
+    app: &App,
+    ctx: &PageCtx,
+    t: u64,
+) -> Result<u64, Response> {
+    let l = ctx.lang;
     match app
         .limiter
-        .hit(&app.client_key(&req), Bucket::ContactPost, t)
+        .hit(&app.client_key(req), Bucket::ContactPost, t)
     {
         Ok(Verdict::Admitted { .. }) => {}
         Ok(Verdict::Limited { retry_after }) => {
-            return rate_limited(&ctx, retry_after, Some(&refill));
+            return Err(rate_limited(ctx, retry_after, Some(&s.refill)));
         }
-        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
+        Err(e) => return Err(error_response(ctx, &e, Some(&s.refill), Doing::Message)),
     }
-    let challenge_id = fields
+    let challenge_id = s
+        .fields
         .get("captcha_id")
         .cloned()
         .or_else(|| req.cookie(CAPTCHA_COOKIE))
         .unwrap_or_default();
     let spam = &app.config.spam;
-    if policy == Policy::ImageAndWork && work.is_none() {
+    if spam.challenge == Policy::ImageAndWork && s.work.is_none() {
         tracing::info!("no proof-of-work under spam.challenge = \"image+pow\"");
-        return pages::error(
-            &ctx,
+        return Err(pages::error(
+            ctx,
             422,
             "needs_script",
             text(l, Msg::NeedsScript),
             &[],
-            Some(&refill),
+            Some(&s.refill),
             None,
-        );
+        ));
     }
     // The time trap, from the server's own record of when the challenge was issued,
     // checked under the challenge's lock before the answer: a visitor asked to send again
@@ -492,30 +552,30 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
     let hold = (!spam.min_fill.is_zero() && spam.too_soon == TooSoon::Retry)
         .then_some(spam.min_fill.as_secs());
     let attempt = crate::captcha::Attempt {
-        answer: &answer,
-        work,
+        answer: &s.answer,
+        work: s.work.as_deref(),
         hold_sooner_than: hold,
     };
-    let verified = match app.captcha.verify(&challenge_id, &attempt, t) {
-        Ok(v) => v,
-        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
-    };
+    let verified = app
+        .captcha
+        .verify(&challenge_id, &attempt, t)
+        .map_err(|e| error_response(ctx, &e, Some(&s.refill), Doing::Message))?;
     match verified.outcome {
-        Outcome::Passed => {}
+        Outcome::Passed => Ok(verified.issued_at),
         Outcome::TooSoon => {
             tracing::info!(
                 rule = "too_soon",
                 "sent sooner than spam.min_fill_seconds; asked to send again"
             );
-            return pages::error(
-                &ctx,
+            Err(pages::error(
+                ctx,
                 422,
                 "too_soon",
                 text(l, Msg::TooSoon),
                 &[],
-                Some(&refill),
+                Some(&s.refill),
                 None,
-            );
+            ))
         }
         o => {
             tracing::info!(outcome = ?o, "CAPTCHA refused");
@@ -523,44 +583,62 @@ fn contact_any(mut req: Request, body: &mut dyn Read) -> Response {
                 Outcome::Wrong { .. } | Outcome::Exhausted => ("captcha_wrong", Msg::CaptchaWrong),
                 _ => ("captcha_stale", Msg::CaptchaStale),
             };
-            return pages::error(&ctx, 403, code, text(l, msg), &[], Some(&refill), None);
+            Err(pages::error(
+                ctx,
+                403,
+                code,
+                text(l, msg),
+                &[],
+                Some(&s.refill),
+                None,
+            ))
         }
     }
+}
+
+/// Accepts a message that passed the gates: the content rules and the honeypot decide
+/// whether it is refused, quarantined or saved for delivery; a saved message is handed to
+/// delivery at once.
+fn accept(s: Submission, issued_at: u64, app: &App, ctx: &PageCtx, t: u64) -> Response {
+    let spam = &app.config.spam;
     // The time trap in its quarantine form: the challenge passed, but too soon.
     let too_soon =
-        !spam.min_fill.is_zero() && t.saturating_sub(verified.issued_at) < spam.min_fill.as_secs();
+        !spam.min_fill.is_zero() && t.saturating_sub(issued_at) < spam.min_fill.as_secs();
     // What follows takes only this message's own spool key, which nobody waits on.
     crate::run::done_with_locks();
-    let held_for = match screening(&fields, &contact, spam, too_soon) {
+    let held_for = match screening(&s.fields, &s.contact, spam, too_soon) {
         Ok(held_for) => held_for,
-        Err(rules) => return refused(&ctx, &rules, &refill),
+        Err(rules) => return refused(ctx, &rules, &s.refill),
     };
     let domain = crate::mail::domain_of(&app.config.mail.from);
     if !held_for.is_empty() {
         let reasons = held_for.iter().map(|r| r.name().to_string()).collect();
-        return match app
-            .spool
-            .save_quarantined(&contact, t, &domain, reasons, spam.max_quarantine)
-        {
+        return match app.spool.save_quarantined(
+            &s.contact,
+            t,
+            &domain,
+            reasons,
+            spam.max_quarantine,
+        ) {
             Ok(msg) => {
                 crate::deadline::note_saved();
-                retry_after_answer(&app);
+                retry_after_answer(app);
                 // The normal success answer: a sender must not learn which rule held the
                 // message (a bot would adapt), and a person's message is safe in the
                 // quarantine until the operator releases it.
-                success(&ctx, &msg.id, true)
+                success(ctx, &msg.id, true)
             }
-            Err(e) => error_response(&ctx, &e, Some(&refill), Doing::Message),
+            Err(e) => error_response(ctx, &e, Some(&s.refill), Doing::Message),
         };
     }
-    let msg = match app.spool.save(&contact, t, &domain) {
+    let msg = match app.spool.save(&s.contact, t, &domain) {
         Ok(m) => m,
-        Err(e) => return error_response(&ctx, &e, Some(&refill), Doing::Message),
+        Err(e) => return error_response(ctx, &e, Some(&s.refill), Doing::Message),
     };
     crate::deadline::note_saved();
-    let delivered = crate::delivery::deliver_fresh(&app, &msg.id, t);
-    retry_after_answer(&app);
-    success(&ctx, &msg.id, delivered)
+    let delivered = crate::delivery::deliver_fresh(app, &msg.id, t);
+    retry_after_answer(app);
+    success(ctx, &msg.id, delivered)
 }
 
 /// The spam layers after the CAPTCHA: the rules that quarantine the message (empty: send
