@@ -639,111 +639,14 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
         320,
     )?;
     crate::mail::check_mailbox(&from).map_err(|m| Error::config(path, "mail.from", m))?;
-    let to = raw
-        .to
-        .unwrap_or_else(|| vec!["owner@localhost".to_string()]);
-    if to.is_empty() {
-        return Err(Error::config(
-            path,
-            "mail.to",
-            "needs at least one recipient",
-        ));
-    }
-    for t in &to {
-        c.text("mail.to", Some(t.clone()), "", 320)?;
-        crate::mail::check_mailbox(t).map_err(|m| Error::config(path, "mail.to", m))?;
-    }
-    let transport = match raw.transport.as_deref().unwrap_or("file") {
-        "file" => Transport::File {
-            dir: PathBuf::from(c.text(
-                "mail.file.dir",
-                raw.file.and_then(|f| f.dir),
-                "var/mail-out",
-                4096,
-            )?),
-        },
-        "sendmail" => {
-            let s = raw.sendmail.unwrap_or_default();
-            Transport::Sendmail {
-                command: PathBuf::from(c.text(
-                    "mail.sendmail.command",
-                    s.command,
-                    "/usr/sbin/sendmail",
-                    4096,
-                )?),
-                timeout: c.secs(
-                    "mail.sendmail.timeout_seconds",
-                    s.timeout_seconds,
-                    10,
-                    1,
-                    300,
-                )?,
-            }
-        }
-        "smtp" => {
-            let s = raw.smtp.ok_or_else(|| {
-                Error::config(
-                    path,
-                    "mail.smtp",
-                    "transport = \"smtp\" needs a [mail.smtp] section",
-                )
-            })?;
-            let host = c.text("mail.smtp.host", s.host, "", 253)?;
-            if host.is_empty() {
-                return Err(Error::config(
-                    path,
-                    "mail.smtp.host",
-                    "is required for SMTP",
-                ));
-            }
-            let security = c.choice(
-                "mail.smtp.security",
-                s.security.as_deref(),
-                "starttls",
-                &[
-                    ("starttls", SmtpSecurity::StartTls),
-                    ("tls", SmtpSecurity::Tls),
-                    ("plain", SmtpSecurity::Plain),
-                ],
-            )?;
-            if security == SmtpSecurity::Plain && !crate::net::is_loopback_host(&host) {
-                return Err(Error::config(
-                    path,
-                    "mail.smtp.security",
-                    "plain (unencrypted) SMTP is only allowed towards a loopback address",
-                ));
-            }
-            let default_port = match security {
-                SmtpSecurity::Tls => 465,
-                SmtpSecurity::StartTls => 587,
-                SmtpSecurity::Plain => 25,
-            };
-            if s.username.is_some() != s.password.is_some() {
-                return Err(Error::config(
-                    path,
-                    "mail.smtp.username",
-                    "username and password must be set together",
-                ));
-            }
-            Transport::Smtp(SmtpConfig {
-                port: c.int("mail.smtp.port", s.port, default_port, 1, 65_535)? as u16,
-                security,
-                username: s.username,
-                password: s.password,
-                ca_file: s.ca_file.map(PathBuf::from),
-                timeout: c.secs("mail.smtp.timeout_seconds", s.timeout_seconds, 10, 1, 300)?,
-                hello_name: c.text("mail.smtp.hello_name", s.hello_name, "localhost", 253)?,
-                host,
-            })
-        }
-        other => {
-            return Err(Error::config(
-                path,
-                "mail.transport",
-                format!("`{other}` is not one of file, sendmail, smtp"),
-            ));
-        }
-    };
+    let to = parse_recipients(c, raw.to)?;
+    let transport = parse_transport(
+        c,
+        raw.transport.as_deref(),
+        raw.file,
+        raw.sendmail,
+        raw.smtp,
+    )?;
     // 0 (the default) means no limit.
     let per = |key: &str, v: Option<i64>| -> Result<Option<u32>> {
         Ok(match c.int(key, v, 0, 0, 1_000_000)? {
@@ -785,6 +688,129 @@ fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
             0,
             86_400,
         )?,
+    })
+}
+
+/// `mail.to`: at least one recipient, each a mailbox the mail library accepts.
+fn parse_recipients(c: &Checker<'_>, to: Option<Vec<String>>) -> Result<Vec<String>> {
+    let to = to.unwrap_or_else(|| vec!["owner@localhost".to_string()]);
+    if to.is_empty() {
+        return Err(Error::config(
+            c.path,
+            "mail.to",
+            "needs at least one recipient",
+        ));
+    }
+    for t in &to {
+        c.text("mail.to", Some(t.clone()), "", 320)?;
+        crate::mail::check_mailbox(t).map_err(|m| Error::config(c.path, "mail.to", m))?;
+    }
+    Ok(to)
+}
+
+/// `mail.transport` and the section of the transport it names.
+fn parse_transport(
+    c: &Checker<'_>,
+    transport: Option<&str>,
+    file: Option<RawFile>,
+    sendmail: Option<RawSendmail>,
+    smtp: Option<RawSmtp>,
+) -> Result<Transport> {
+    let path = c.path;
+    Ok(match transport.unwrap_or("file") {
+        "file" => Transport::File {
+            dir: PathBuf::from(c.text(
+                "mail.file.dir",
+                file.and_then(|f| f.dir),
+                "var/mail-out",
+                4096,
+            )?),
+        },
+        "sendmail" => {
+            let s = sendmail.unwrap_or_default();
+            Transport::Sendmail {
+                command: PathBuf::from(c.text(
+                    "mail.sendmail.command",
+                    s.command,
+                    "/usr/sbin/sendmail",
+                    4096,
+                )?),
+                timeout: c.secs(
+                    "mail.sendmail.timeout_seconds",
+                    s.timeout_seconds,
+                    10,
+                    1,
+                    300,
+                )?,
+            }
+        }
+        "smtp" => Transport::Smtp(parse_smtp(c, smtp)?),
+        other => {
+            return Err(Error::config(
+                path,
+                "mail.transport",
+                format!("`{other}` is not one of file, sendmail, smtp"),
+            ));
+        }
+    })
+}
+
+/// The `[mail.smtp]` section, required when `transport = "smtp"`.
+fn parse_smtp(c: &Checker<'_>, smtp: Option<RawSmtp>) -> Result<SmtpConfig> {
+    let path = c.path;
+    let s = smtp.ok_or_else(|| {
+        Error::config(
+            path,
+            "mail.smtp",
+            "transport = \"smtp\" needs a [mail.smtp] section",
+        )
+    })?;
+    let host = c.text("mail.smtp.host", s.host, "", 253)?;
+    if host.is_empty() {
+        return Err(Error::config(
+            path,
+            "mail.smtp.host",
+            "is required for SMTP",
+        ));
+    }
+    let security = c.choice(
+        "mail.smtp.security",
+        s.security.as_deref(),
+        "starttls",
+        &[
+            ("starttls", SmtpSecurity::StartTls),
+            ("tls", SmtpSecurity::Tls),
+            ("plain", SmtpSecurity::Plain),
+        ],
+    )?;
+    if security == SmtpSecurity::Plain && !crate::net::is_loopback_host(&host) {
+        return Err(Error::config(
+            path,
+            "mail.smtp.security",
+            "plain (unencrypted) SMTP is only allowed towards a loopback address",
+        ));
+    }
+    let default_port = match security {
+        SmtpSecurity::Tls => 465,
+        SmtpSecurity::StartTls => 587,
+        SmtpSecurity::Plain => 25,
+    };
+    if s.username.is_some() != s.password.is_some() {
+        return Err(Error::config(
+            path,
+            "mail.smtp.username",
+            "username and password must be set together",
+        ));
+    }
+    Ok(SmtpConfig {
+        port: c.int("mail.smtp.port", s.port, default_port, 1, 65_535)? as u16,
+        security,
+        username: s.username,
+        password: s.password,
+        ca_file: s.ca_file.map(PathBuf::from),
+        timeout: c.secs("mail.smtp.timeout_seconds", s.timeout_seconds, 10, 1, 300)?,
+        hello_name: c.text("mail.smtp.hello_name", s.hello_name, "localhost", 253)?,
+        host,
     })
 }
 
