@@ -404,57 +404,10 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let mut message = e.message().to_string();
-            // Every parse error points at a place; line and column let the operator find
-            // it even when no key can be named (a syntax error).
-            if let Some(span) = e.span() {
-                let (line, column) = line_and_column(text, span.start);
-                message = format!("line {line}, column {column}: {message}");
-            }
-            // toml names unknown keys in the message; for type errors the key is the one
-            // on the line the span points at, so we extract it for the operator.
-            let key = e
-                .span()
-                .and_then(|s| key_at(text, s.start))
-                .unwrap_or_else(|| unknown_key(&message).unwrap_or_else(|| "?".into()));
-            Error::config(path, key, message)
-        })?;
+        let raw = deserialize(text, path)?;
         let c = Checker { path };
 
-        let ip_salt = match raw.ip_salt {
-            None => {
-                return Err(Error::config(
-                    path,
-                    "ip_salt",
-                    "is required: set it to at least 32 random characters, e.g. the output of \
-                     `head -c 32 /dev/urandom | base64`",
-                ));
-            }
-            Some(s) => s,
-        };
-        if ip_salt.trim().len() < MIN_SALT_LEN {
-            return Err(Error::config(
-                path,
-                "ip_salt",
-                format!("is too short: at least {MIN_SALT_LEN} random characters are needed"),
-            ));
-        }
-        if ip_salt.contains("CHANGE-ME") {
-            return Err(Error::config(
-                path,
-                "ip_salt",
-                "still holds the example value: replace it with random characters",
-            ));
-        }
-        let distinct: std::collections::BTreeSet<char> = ip_salt.chars().collect();
-        if distinct.len() < 8 {
-            return Err(Error::config(
-                path,
-                "ip_salt",
-                "is not random: too few distinct characters",
-            ));
-        }
+        let ip_salt = check_salt(path, raw.ip_salt)?;
 
         let language = c.choice(
             "language",
@@ -627,6 +580,66 @@ fn parse_spam(c: &Checker<'_>, raw: Option<RawSpam>) -> Result<SpamConfig> {
         pow_bits: c.int("spam.pow_bits", raw.pow_bits, 18, 1, 28)? as u32,
         pow_extra_bits: c.int("spam.pow_extra_bits", raw.pow_extra_bits, 4, 0, 8)? as u32,
     })
+}
+
+/// The config text as TOML, or an error that names the key (or the line and column of a
+/// syntax error) so that the operator can find it.
+fn deserialize(text: &str, path: &Path) -> Result<Raw> {
+    toml::from_str(text).map_err(|e| {
+        let mut message = e.message().to_string();
+        // Every parse error points at a place; line and column let the operator find
+        // it even when no key can be named (a syntax error).
+        if let Some(span) = e.span() {
+            let (line, column) = line_and_column(text, span.start);
+            message = format!("line {line}, column {column}: {message}");
+        }
+        // toml names unknown keys in the message; for type errors the key is the one
+        // on the line the span points at, so we extract it for the operator.
+        let key = e
+            .span()
+            .and_then(|s| key_at(text, s.start))
+            .unwrap_or_else(|| unknown_key(&message).unwrap_or_else(|| "?".into()));
+        Error::config(path, key, message)
+    })
+}
+
+/// `ip_salt`: required, long, not the example value, and random-looking, since it is what
+/// keeps stored client keys from being reversed into addresses.
+fn check_salt(path: &Path, ip_salt: Option<String>) -> Result<String> {
+    let ip_salt = match ip_salt {
+        None => {
+            return Err(Error::config(
+                path,
+                "ip_salt",
+                "is required: set it to at least 32 random characters, e.g. the output of \
+                 `head -c 32 /dev/urandom | base64`",
+            ));
+        }
+        Some(s) => s,
+    };
+    if ip_salt.trim().len() < MIN_SALT_LEN {
+        return Err(Error::config(
+            path,
+            "ip_salt",
+            format!("is too short: at least {MIN_SALT_LEN} random characters are needed"),
+        ));
+    }
+    if ip_salt.contains("CHANGE-ME") {
+        return Err(Error::config(
+            path,
+            "ip_salt",
+            "still holds the example value: replace it with random characters",
+        ));
+    }
+    let distinct: std::collections::BTreeSet<char> = ip_salt.chars().collect();
+    if distinct.len() < 8 {
+        return Err(Error::config(
+            path,
+            "ip_salt",
+            "is not random: too few distinct characters",
+        ));
+    }
+    Ok(ip_salt)
 }
 
 fn parse_mail(c: &Checker<'_>, raw: Option<RawMail>) -> Result<MailConfig> {
