@@ -627,11 +627,10 @@ fn a_deploy_cut_off_half_way_leaves_a_working_site_and_can_be_run_again() {
             assert!(Instant::now() < deadline, "the {phase} phase never came");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let st = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        assert!(
+            crate::util::servers::kill_hard(-(child.id() as i32)),
+            "kill deploy.sh's process group"
+        );
         child.wait().expect("reap deploy.sh");
         assert_eq!(current(), first, "the cut-off deploy did not record itself");
         let mut seen = Vec::new();

@@ -450,13 +450,7 @@ fn stopping_leaves_no_process(kind: Kind) {
     drop(server);
     let alive: Vec<u32> = pids
         .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
-            })
-        })
+        .filter(|&pid| crate::util::servers::running(pid))
         .filter(|pid| {
             // A pid may be reused at once by an unrelated process; only ours count.
             std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {

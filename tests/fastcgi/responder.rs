@@ -171,9 +171,7 @@ impl Responder {
         if let Some(c) = self.child.as_mut() {
             return matches!(c.try_wait(), Ok(None));
         }
-        self.pids
-            .iter()
-            .all(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !zombie(*p))
+        self.pids.iter().all(|&p| crate::util::servers::running(p))
     }
 
     /// True when the responder answers FCGI_GET_VALUES.
@@ -210,30 +208,14 @@ impl Responder {
     }
 }
 
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}
-
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for p in &self.pids {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(p.to_string())
-                .stderr(Stdio::null())
-                .status();
+        for &p in &self.pids {
+            crate::util::servers::kill_hard(p as i32);
         }
     }
 }

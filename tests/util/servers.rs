@@ -80,16 +80,10 @@ impl Account {
     }
 }
 
-/// The effective uid of this process, from `/proc` (std has no getter and the tests have
-/// no libc dependency).
+/// The effective uid of this process.
 fn effective_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .and_then(|id| id.parse().ok())
-        .expect("an effective uid in /proc/self/status")
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
 }
 
 /// `nobody` when running as root, the current user otherwise.
@@ -278,7 +272,7 @@ impl Group {
     /// stays unreaped until [`Group::stop`], so its pid, which names the group, cannot be
     /// reused by another test's process while we may still signal the group.
     pub fn is_running(&self) -> bool {
-        proc_state(self.child.id()).is_some_and(|(state, _)| state != 'Z')
+        running(self.child.id())
     }
 
     /// SIGTERM to the whole group, SIGKILL after the grace period, then reaps the leader.
@@ -298,6 +292,18 @@ impl Drop for Group {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// True while process `pid` exists and has not exited (a zombie has).
+pub fn running(pid: u32) -> bool {
+    proc_state(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// Sends SIGKILL to process `pid`, or to process group `-pid` when `pid` is negative;
+/// false when there was nothing to signal.
+pub fn kill_hard(pid: i32) -> bool {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
 }
 
 /// State letter and process group of a process, from `/proc/PID/stat`.
