@@ -77,6 +77,18 @@ fn the_recording_speaks_the_same_challenge_once_and_its_characters_pass() {
     let again = by_id(&id);
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.body, first.body, "the same rendering");
+    // Asking in the other language is no way to a second rendering either: the voice is
+    // the one chosen by the first request (a security review found two voices of one
+    // answer otherwise).
+    for lang in ["de", "en"] {
+        let other = site
+            .cgi("captcha", "GET")
+            .remote_addr("192.0.2.20")
+            .query(&format!("audio=1&id={id}&lang={lang}"))
+            .run();
+        assert_eq!(other.status, 200, "{lang}: {}", other.text());
+        assert_eq!(other.body, first.body, "{lang}: the same rendering");
+    }
     let part = site
         .cgi("captcha", "GET")
         .remote_addr("192.0.2.20")

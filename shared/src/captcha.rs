@@ -100,6 +100,10 @@ pub struct Stored {
     /// rendering of the answer that could be combined with the first.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub audio_seed: String,
+    /// The voice of that recording (a language code such as "en"), stored with its seed:
+    /// the same seed in a second voice would be a second rendering of the answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub audio_voice: String,
 }
 
 impl Validate for Stored {
@@ -122,6 +126,9 @@ impl Validate for Stored {
                 && self.audio_seed.bytes().all(|b| b.is_ascii_hexdigit());
         if !seed_ok {
             return Err("audio_seed is not 32 bytes of hex".into());
+        }
+        if self.audio_voice.len() > 8 || !self.audio_voice.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err("audio_voice is not a short language code".into());
         }
         if self.pow_bits > MAX_POW_BITS {
             return Err(format!("pow_bits above {MAX_POW_BITS}"));
@@ -176,6 +183,9 @@ pub enum Recording {
         answer: String,
         /// The rendering's seed.
         seed: [u8; 32],
+        /// The rendering's voice: the one the first request asked for, whatever later
+        /// requests ask.
+        voice: String,
     },
     /// Used, expired, unknown, or from before recordings existed.
     Unavailable,
@@ -352,16 +362,26 @@ fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
 
 /// The decision for a recording request: `None` when the challenge cannot be spoken (used,
 /// expired, unknown, or from before recordings existed); else the challenge with its
-/// recording's seed, and whether it must be stored first (the first request).
-fn decide_recording(stored: Option<&Stored>, now: u64, fresh: [u8; 32]) -> Option<(Stored, bool)> {
+/// recording's seed and voice, and whether it must be stored first (the first request,
+/// which also chooses the voice; a recording stored before voices were kept keeps its seed
+/// and takes the asked voice).
+fn decide_recording(
+    stored: Option<&Stored>,
+    now: u64,
+    fresh: [u8; 32],
+    voice: &str,
+) -> Option<(Stored, bool)> {
     let s = stored?;
     if s.used || now >= s.expires_at || s.sealed_answer.is_empty() {
         return None;
     }
-    if !s.audio_seed.is_empty() {
-        return Some((s.clone(), false));
-    }
     let mut next = s.clone();
+    if next.audio_voice.is_empty() {
+        next.audio_voice = voice.to_string();
+    }
+    if !s.audio_seed.is_empty() {
+        return Some((next, false));
+    }
     next.audio_seed = crate::random::hex(&fresh);
     Some((next, true))
 }
@@ -451,6 +471,7 @@ impl CaptchaService {
             sealed_answer: seal(&self.settings.salt, &id, &answer),
             pow_bits,
             audio_seed: String::new(),
+            audio_voice: String::new(),
         };
         let path = self.path_of(&id);
         self.make_room(&path, now)?;
@@ -468,7 +489,7 @@ impl CaptchaService {
     /// The answer of challenge `id` and the seed of its one recording, under
     /// `captcha_{id}`: the first request chooses the seed and stores it with the challenge,
     /// every later one gets the same.
-    pub fn recording(&self, id: &str, now: u64) -> Result<Recording> {
+    pub fn recording(&self, id: &str, now: u64, voice: &str) -> Result<Recording> {
         if !self.has_challenge(id)? {
             return Ok(Recording::Unavailable);
         }
@@ -476,7 +497,7 @@ impl CaptchaService {
         let fresh = crate::random::bytes::<32>()?;
         self.locks.run(&LockKey::captcha(id), || {
             let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::CaptchaGet)?;
-            let Some((next, store)) = decide_recording(stored.as_ref(), now, fresh) else {
+            let Some((next, store)) = decide_recording(stored.as_ref(), now, fresh, voice) else {
                 return Ok(Recording::Unavailable);
             };
             let (Some(answer), Some(seed)) = (
@@ -489,7 +510,11 @@ impl CaptchaService {
             if store {
                 state::write_with(&path, &next, Durability::Ephemeral)?;
             }
-            Ok(Recording::Answer { answer, seed })
+            Ok(Recording::Answer {
+                answer,
+                seed,
+                voice: next.audio_voice,
+            })
         })
     }
 
@@ -650,6 +675,7 @@ mod tests {
             sealed_answer: String::new(),
             pow_bits: 0,
             audio_seed: String::new(),
+            audio_voice: String::new(),
         }
     }
 
@@ -748,22 +774,27 @@ mod tests {
     fn a_challenge_has_one_recording_seed_for_all_its_requests() {
         let mut s = stored(100);
         s.sealed_answer = "00".into();
-        let (first, store) = decide_recording(Some(&s), 10, [7; 32]).expect("granted");
+        let (first, store) = decide_recording(Some(&s), 10, [7; 32], "de").expect("granted");
         assert!(store, "the first request stores its seed");
         assert_eq!(seed_of(&first.audio_seed), Some([7; 32]));
-        let (again, store) = decide_recording(Some(&first), 11, [9; 32]).expect("granted");
+        assert_eq!(first.audio_voice, "de");
+        let (again, store) = decide_recording(Some(&first), 11, [9; 32], "en").expect("granted");
         assert!(!store);
         assert_eq!(
-            again.audio_seed, first.audio_seed,
-            "never a second rendering"
+            (again.audio_seed.as_str(), again.audio_voice.as_str()),
+            (first.audio_seed.as_str(), "de"),
+            "never a second rendering, not even in another voice"
         );
         assert!(
-            decide_recording(Some(&s), 100, [1; 32]).is_none(),
+            decide_recording(Some(&s), 100, [1; 32], "en").is_none(),
             "expired"
         );
         s.used = true;
-        assert!(decide_recording(Some(&s), 10, [1; 32]).is_none(), "used");
-        assert!(decide_recording(None, 10, [1; 32]).is_none());
+        assert!(
+            decide_recording(Some(&s), 10, [1; 32], "en").is_none(),
+            "used"
+        );
+        assert!(decide_recording(None, 10, [1; 32], "en").is_none());
     }
 
     #[test]

@@ -276,8 +276,12 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
         .query_param("id")
         .or_else(|| req.cookie(CAPTCHA_COOKIE))
         .unwrap_or_default();
-    let (answer, seed) = match app.captcha.recording(&id, t) {
-        Ok(crate::captcha::Recording::Answer { answer, seed }) => (answer, seed),
+    let (answer, seed, voice) = match app.captcha.recording(&id, t, ctx.lang.code()) {
+        Ok(crate::captcha::Recording::Answer {
+            answer,
+            seed,
+            voice,
+        }) => (answer, seed, voice),
         Ok(crate::captcha::Recording::Unavailable) => {
             tracing::info!("recording refused: the challenge is used, expired or unknown");
             let msg = text(ctx.lang, Msg::AudioUnavailable);
@@ -285,9 +289,10 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
         }
         Err(e) => return error_response(ctx, &e, None, Doing::Image),
     };
-    let voice = match ctx.lang {
-        Lang::En => crate::captcha_audio::Voice::En,
-        Lang::De => crate::captcha_audio::Voice::De,
+    // The voice stored with the recording's seed, not this request's language.
+    let voice = match voice.as_str() {
+        "de" => crate::captcha_audio::Voice::De,
+        _ => crate::captcha_audio::Voice::En,
     };
     let wav = match crate::captcha_audio::render_wav(&answer, voice, seed) {
         Ok(w) => w,
