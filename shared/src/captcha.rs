@@ -362,9 +362,9 @@ fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
 
 /// The decision for a recording request: `None` when the challenge cannot be spoken (used,
 /// expired, unknown, or from before recordings existed); else the challenge with its
-/// recording's seed and voice, and whether it must be stored first (the first request,
-/// which also chooses the voice; a recording stored before voices were kept keeps its seed
-/// and takes the asked voice).
+/// recording's seed and voice, and whether it must be stored (the first request, which
+/// chooses both; or a recording stored before voices were kept, which keeps its seed and
+/// from now on the asked voice).
 fn decide_recording(
     stored: Option<&Stored>,
     now: u64,
@@ -379,11 +379,11 @@ fn decide_recording(
     if next.audio_voice.is_empty() {
         next.audio_voice = voice.to_string();
     }
-    if !s.audio_seed.is_empty() {
-        return Some((next, false));
+    if next.audio_seed.is_empty() {
+        next.audio_seed = crate::random::hex(&fresh);
     }
-    next.audio_seed = crate::random::hex(&fresh);
-    Some((next, true))
+    let store = next.audio_seed != s.audio_seed || next.audio_voice != s.audio_voice;
+    Some((next, store))
 }
 
 fn seed_of(hex: &str) -> Option<[u8; 32]> {

@@ -137,8 +137,8 @@ fn draw(font: &FontRef<'_>, chars: &[char], rng: &mut Rng) -> Result<Vec<u8>, Im
     // different characters, so that each image has two that plain OCR misreads. (Two
     // outlined characters were tried: OCR read no fewer, and people read fewer.)
     let n = placements.len();
-    let hollow = pick_index(rng, n);
-    let shaded = (hollow + 1 + pick_index(rng, n.saturating_sub(1))) % n;
+    let hollow = rng.index(n);
+    let shaded = (hollow + 1 + rng.index(n.saturating_sub(1))) % n;
     for (i, placement) in placements.iter().enumerate() {
         let level = rng.range(10.0, 60.0);
         if i == hollow {
@@ -189,11 +189,6 @@ fn draw(font: &FontRef<'_>, chars: &[char], rng: &mut Rng) -> Result<Vec<u8>, Im
     canvas.shade_band(over, rng);
 
     Ok(canvas.into_gray())
-}
-
-/// A uniformly drawn index below `n` (which is at least 1).
-fn pick_index(rng: &mut Rng, n: usize) -> usize {
-    (rng.range(0.0, n as f32) as usize).min(n.saturating_sub(1))
 }
 
 /// The outline of one character in font units, with its ink box.
@@ -513,7 +508,7 @@ impl Canvas {
         self.flush(scratch, level);
     }
 
-    /// Draws only the outline of a placed character, as a line about 2.4 pixels wide,
+    /// Draws only the outline of a placed character, as a line 2 to 2.6 pixels wide,
     /// leaving the paper inside: an outlined letter that people read as easily as a
     /// filled one, but whose inside a threshold keeps light, so that OCR trained on solid
     /// type sees two thin shapes where one letter is.
@@ -565,8 +560,8 @@ impl Canvas {
 
     /// Darkens the levels inside a vertical band 22 to 34 pixels wide centred on
     /// `centre_x` at mid-height, its edges swaying with the height, to 30 to 40 %: paper
-    /// becomes a dark gray (about 70 to 95) while ink stays far darker. The edges are soft (a 2-pixel
-    /// ramp) so that no hard seam cuts a letter.
+    /// becomes a dark gray (about 70 to 95) while ink stays far darker. The edges are soft
+    /// (a 2-pixel ramp) so that no hard seam cuts a letter.
     ///
     /// An earlier band reversed the colours (light letters on dark) and was the main
     /// reason people misread samples: the reversed piece of a letter looked like a

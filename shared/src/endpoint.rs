@@ -290,9 +290,9 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
         Err(e) => return error_response(ctx, &e, None, Doing::Image),
     };
     // The voice stored with the recording's seed, not this request's language.
-    let voice = match voice.as_str() {
-        "de" => crate::captcha_audio::Voice::De,
-        _ => crate::captcha_audio::Voice::En,
+    let voice = match Lang::from_code(&voice).unwrap_or(ctx.lang) {
+        Lang::En => crate::captcha_audio::Voice::En,
+        Lang::De => crate::captcha_audio::Voice::De,
     };
     let wav = match crate::captcha_audio::render_wav(&answer, voice, seed) {
         Ok(w) => w,

@@ -27,10 +27,8 @@ impl Lang {
             Language::Auto => {
                 // A page may ask for its language explicitly (`?lang=de`), so the German
                 // example page gets German answers in an English browser, without script.
-                match req.query_param("lang").as_deref() {
-                    Some("de") => return Lang::De,
-                    Some("en") => return Lang::En,
-                    _ => {}
+                if let Some(lang) = req.query_param("lang").as_deref().and_then(Lang::from_code) {
+                    return lang;
                 }
                 let header = req.header("accept-language").unwrap_or("");
                 let mut best: Option<(f32, Lang)> = None;
@@ -54,6 +52,15 @@ impl Lang {
                 }
                 best.map_or(Lang::En, |(_, l)| l)
             }
+        }
+    }
+
+    /// The language of code `en` or `de`; `None` for any other.
+    pub fn from_code(code: &str) -> Option<Lang> {
+        match code {
+            "en" => Some(Lang::En),
+            "de" => Some(Lang::De),
+            _ => None,
         }
     }
 

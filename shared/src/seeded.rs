@@ -50,6 +50,11 @@ impl Rng {
         let unit = (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
         lo + (hi - lo) * unit
     }
+
+    /// A uniform index below `n` (0 when `n` is 0 or 1).
+    pub fn index(&mut self, n: usize) -> usize {
+        (self.range(0.0, n as f32) as usize).min(n.saturating_sub(1))
+    }
 }
 
 fn splitmix64(x: u64) -> u64 {
