@@ -95,7 +95,7 @@ def read(path, alphabet):
 
 def attempt(job):
     label, png, answer = job
-    exe, alphabet = label
+    alphabet = label[1]
     pgm = png[:-4] + ".pgm"
     clean(png, pgm)
     plain = answer in read(png, alphabet)

@@ -110,8 +110,7 @@ fn fcgi_web_server_addrs_refuses_unlisted_peers() {
         } else {
             assert!(answer.is_err(), "{list}: an unlisted peer got an answer");
             assert!(
-                r.log()
-                    .contains("refused a connection from a peer not in FCGI_WEB_SERVER_ADDRS"),
+                r.log().contains(responder::REFUSED_PEER_LOG),
                 "{list}: {}",
                 r.log()
             );

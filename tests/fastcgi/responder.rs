@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// What the responder logs when it closes on a peer not in `FCGI_WEB_SERVER_ADDRS`.
+pub const REFUSED_PEER_LOG: &str = "refused a connection from a peer not in FCGI_WEB_SERVER_ADDRS";
+
 /// How to start one responder.
 pub struct Spawn {
     bin: String,
@@ -156,7 +159,7 @@ impl Spawn {
             }
             // A responder told to refuse us (FCGI_WEB_SERVER_ADDRS) is ready once it has
             // accepted and refused the probe.
-            if r.answers_get_values() || r.log().contains("refused a connection from a peer") {
+            if r.answers_get_values() || r.log().contains(REFUSED_PEER_LOG) {
                 return Ok(r);
             }
             thread::sleep(Duration::from_millis(20));
