@@ -2,7 +2,7 @@
 # Installs the real components the end-to-end tests start (nothing is mocked where the
 # real thing is cheap to start): Apache with mod_cgid, nginx with fcgiwrap, spawn-fcgi,
 # vsftpd and lftp for the FTP deploy, tesseract for the OCR bot of the spam suite, espeak-ng
-# for the audio CAPTCHA's asset script,
+# for the audio CAPTCHA's asset script, redis-server for the shared store of several nodes,
 # Chromium for the browser test, openssl for the test CA, and aiosmtpd as the SMTP
 # server. Idempotent: it only installs what is missing.
 set -euo pipefail
@@ -21,6 +21,7 @@ have lftp || need_apt+=(lftp)
 have vsftpd || [ -x /usr/sbin/vsftpd ] || need_apt+=(vsftpd)
 have tesseract || need_apt+=(tesseract-ocr)
 have espeak-ng || need_apt+=(espeak-ng)
+have redis-server || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

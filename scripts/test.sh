@@ -12,4 +12,6 @@ export FORMWARDEN_RELEASE_BINS="$PWD/target/hooks/release"
 # tests/release_archive.rs.
 FORMWARDEN_RELEASE_ARCHIVE="$PWD/$(bash scripts/release.sh | tail -n 1)"
 export FORMWARDEN_RELEASE_ARCHIVE
-cargo test --workspace --locked --features test-hooks
+# With the Redis store compiled in: tests/shared_store.rs runs two runtime roots against one
+# redis-server; every other test runs the same executables on the file store.
+cargo test --workspace --locked --features test-hooks,redis

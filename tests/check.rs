@@ -40,6 +40,7 @@ fn every_executable_checks_a_good_installation() {
             "randomness",
             "clock",
             "mail",
+            "store",
             "protection",
         ] {
             assert!(line(&report, name).starts_with("ok"), "{bin}:\n{report}");

@@ -1,6 +1,7 @@
 //! formwarden's end-to-end suite: every test runs the real executables as separate
 //! processes (often dozens at once) over a throw-away runtime tree. Build with
-//! `--features test-hooks` (scripts/test.sh does), which lets tests learn CAPTCHA answers.
+//! `--features test-hooks,redis` (scripts/test.sh does): the test hooks let tests learn
+//! CAPTCHA answers, and the Redis store is what tests/shared_store.rs runs two nodes on.
 
 mod util;
 
@@ -22,6 +23,7 @@ mod privacy;
 mod proxies;
 mod release_archive;
 mod release_profile;
+mod shared_store;
 mod spam;
 mod tokens;
 mod webservers;

@@ -2,8 +2,8 @@
 //! limiter, CAPTCHA service, token service and spool. Building an [`App`] is the first
 //! thing every invocation does; it fails with a clear error when the runtime root or the
 //! config is missing or broken. Services get their folders and lock runner from here and
-//! from nowhere else, which is the seam a later shared-store backend would replace. It
-//! never reads or writes state itself and holds no locks.
+//! from nowhere else, and their [`Store`] (files, or a shared Redis for several web nodes)
+//! from the config's `[store]`. It never reads or writes state itself and holds no locks.
 
 use crate::captcha::{self, CaptchaService};
 use crate::cgi::Request;
@@ -13,6 +13,7 @@ use crate::layout::{Layout, ROOT_ENV};
 use crate::lock::LockRunner;
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::spool::Spool;
+use crate::store::Store;
 use crate::tokens::TokenService;
 use std::sync::OnceLock;
 
@@ -35,6 +36,8 @@ pub struct App {
     pub spool: Spool,
     /// The host's outgoing mail quota.
     pub quota: crate::quota::Quota,
+    /// Where rate limits, challenges and token lists are kept.
+    pub store: Store,
 }
 
 impl App {
@@ -52,6 +55,7 @@ impl App {
         let config = Config::load(&layout.config_file())?;
         crate::deadline::set_limit(config.request_timeout);
         let locks = LockRunner::new(layout.lock_dir(), config.lock_wait, config.lock_poll);
+        let store = Store::open(&config.store, config.lock_wait, &config.path)?;
         let limiter = RateLimiter::new(
             layout.ratelimit_dir(),
             locks.clone(),
@@ -61,7 +65,8 @@ impl App {
                 window_seconds: config.rate_limit_window.as_secs(),
                 max_windows: config.max_windows,
             },
-        );
+        )
+        .with_store(store.clone());
         let captcha = CaptchaService::new(
             layout.captcha_dir(),
             locks.clone(),
@@ -75,12 +80,14 @@ impl App {
                 pow_bits: config.spam.pow_bits,
                 pow_extra_bits: config.spam.pow_extra_bits,
             },
-        );
+        )
+        .with_store(store.clone());
         let tokens = TokenService::new(
             layout.tokens_dir(),
             locks.clone(),
             config.tokens.profiles.clone(),
-        );
+        )
+        .with_store(store.clone());
         let spool = Spool::new(layout.spool_dir());
         let quota = crate::quota::Quota::new(
             layout.tokens_dir().with_file_name("mail-quota.toml"),
@@ -97,6 +104,7 @@ impl App {
             captcha,
             tokens,
             spool,
+            store,
         })
     }
 

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::lock::{LockKey, LockRunner};
 use crate::state::{self, Durability, Loaded, TriggerReason, Validate};
+use crate::store::{Change, Expiry, FileSlot, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -400,6 +401,7 @@ pub struct CaptchaService {
     dir: PathBuf,
     locks: LockRunner,
     settings: Settings,
+    store: Store,
 }
 
 /// True for ids of the form we issue.
@@ -443,11 +445,34 @@ impl CaptchaService {
             dir: dir.into(),
             locks,
             settings,
+            store: Store::Files,
         }
+    }
+
+    /// The same service keeping its challenges in `store` instead.
+    pub fn with_store(self, store: Store) -> Self {
+        CaptchaService { store, ..self }
     }
 
     fn path_of(&self, id: &str) -> PathBuf {
         crate::shard::path(&self.dir, id, ".toml")
+    }
+
+    /// Where challenge `path` lives in the file store: not fsynced, since a challenge lost
+    /// in a power cut costs a visitor one new picture.
+    fn slot<'a>(&'a self, path: &'a std::path::Path) -> FileSlot<'a> {
+        FileSlot {
+            path,
+            locks: &self.locks,
+            durability: Durability::Ephemeral,
+        }
+    }
+
+    /// How long a challenge stays in Redis: twice its lifetime, so that an answer that
+    /// comes late is told "expired" and a replay "used" rather than "unknown"; then Redis
+    /// drops it (with files, the sweep does).
+    fn kept_for(&self) -> Expiry {
+        Expiry::After(self.settings.lifetime.as_secs().saturating_mul(2))
     }
 
     fn hash(&self, id: &str, answer: &str) -> String {
@@ -473,11 +498,16 @@ impl CaptchaService {
             audio_seed: String::new(),
             audio_voice: String::new(),
         };
-        let path = self.path_of(&id);
-        self.make_room(&path, now)?;
-        self.locks.run(&LockKey::captcha(&id), || {
-            state::write_with(&path, &stored, Durability::Ephemeral)
-        })?;
+        if let Some(redis) = self.store.redis() {
+            // No ceiling: every challenge expires in Redis (see OPERATIONS.md on maxmemory).
+            redis.put(&LockKey::captcha(&id), &stored, self.kept_for())?;
+        } else {
+            let path = self.path_of(&id);
+            self.make_room(&path, now)?;
+            self.locks.run(&LockKey::captcha(&id), || {
+                state::write_with(&path, &stored, Durability::Ephemeral)
+            })?;
+        }
         Ok(Challenge {
             id,
             answer,
@@ -490,32 +520,41 @@ impl CaptchaService {
     /// `captcha_{id}`: the first request chooses the seed and stores it with the challenge,
     /// every later one gets the same.
     pub fn recording(&self, id: &str, now: u64, voice: &str) -> Result<Recording> {
-        if !self.has_challenge(id)? {
+        let path = self.path_of(id);
+        let key = LockKey::captcha(id);
+        if !is_valid_id(id) || !self.store.exists(&path, &key)? {
             return Ok(Recording::Unavailable);
         }
-        let path = self.path_of(id);
         let fresh = crate::random::bytes::<32>()?;
-        self.locks.run(&LockKey::captcha(id), || {
-            let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::CaptchaGet)?;
-            let Some((next, store)) = decide_recording(stored.as_ref(), now, fresh, voice) else {
-                return Ok(Recording::Unavailable);
-            };
-            let (Some(answer), Some(seed)) = (
-                unseal(&self.settings.salt, id, &next.sealed_answer),
-                seed_of(&next.audio_seed),
-            ) else {
-                // A salt changed since the challenge was issued: it cannot be spoken.
-                return Ok(Recording::Unavailable);
-            };
-            if store {
-                state::write_with(&path, &next, Durability::Ephemeral)?;
-            }
-            Ok(Recording::Answer {
-                answer,
-                seed,
-                voice: next.audio_voice,
-            })
-        })
+        let salt = &self.settings.salt;
+        self.store.update(
+            self.slot(&path),
+            &key,
+            now,
+            TriggerReason::CaptchaGet,
+            |stored: Option<&Stored>| {
+                let Some((next, store)) = decide_recording(stored, now, fresh, voice) else {
+                    return (Change::Keep, Recording::Unavailable);
+                };
+                let (Some(answer), Some(seed)) = (
+                    unseal(salt, id, &next.sealed_answer),
+                    seed_of(&next.audio_seed),
+                ) else {
+                    // A salt changed since the challenge was issued: it cannot be spoken.
+                    return (Change::Keep, Recording::Unavailable);
+                };
+                let answer = Recording::Answer {
+                    answer,
+                    seed,
+                    voice: next.audio_voice.clone(),
+                };
+                if store {
+                    (Change::Put(next, Expiry::Unchanged), answer)
+                } else {
+                    (Change::Keep, answer)
+                }
+            },
+        )
     }
 
     /// Verifies one attempt at challenge `id`, once, under `captcha_{id}`.
@@ -528,38 +567,36 @@ impl CaptchaService {
             return Ok(unknown);
         }
         let path = self.path_of(id);
-        // A challenge file appears when the challenge is created, before its id is handed
-        // out, and never comes back once it is removed. So an id without a file is unknown
-        // for good, and saying so needs no lock: a never-issued id leaves no lock file.
-        if !state::exists(&path)? {
+        let key = LockKey::captcha(id);
+        // A challenge appears when it is created, before its id is handed out, and never
+        // comes back once it is removed. So an id without one is unknown for good, and
+        // saying so needs no lock: a never-issued id leaves no lock file.
+        if !self.store.exists(&path, &key)? {
             return Ok(unknown);
         }
-        self.locks.run(&LockKey::captcha(id), || {
-            let stored = state::read_or_reset::<Stored>(&path, now, TriggerReason::ContactPost)?;
-            let passed = stored.as_ref().is_some_and(|s| self.passes(id, s, attempt));
-            let plan = decide(
-                stored.as_ref(),
-                passed,
-                now,
-                self.settings.max_attempts,
-                attempt.hold_sooner_than,
-            );
-            let outcome = match plan {
-                ActionPlan::Refuse(o) => o,
-                ActionPlan::Update(s, o) => {
-                    state::write_with(&path, &s, Durability::Ephemeral)?;
-                    o
-                }
-                ActionPlan::Delete(o) => {
-                    crate::atomic::remove(&path)?;
-                    o
-                }
-            };
-            Ok(Verified {
-                outcome,
-                issued_at: stored.map_or(0, |s| s.created_at),
-            })
-        })
+        self.store.update(
+            self.slot(&path),
+            &key,
+            now,
+            TriggerReason::ContactPost,
+            |stored: Option<&Stored>| {
+                let passed = stored.is_some_and(|s| self.passes(id, s, attempt));
+                let plan = decide(
+                    stored,
+                    passed,
+                    now,
+                    self.settings.max_attempts,
+                    attempt.hold_sooner_than,
+                );
+                let (change, outcome) = match plan {
+                    ActionPlan::Refuse(o) => (Change::Keep, o),
+                    ActionPlan::Update(s, o) => (Change::Put(s, Expiry::Unchanged), o),
+                    ActionPlan::Delete(o) => (Change::Delete, o),
+                };
+                let issued_at = stored.map_or(0, |s| s.created_at);
+                (change, Verified { outcome, issued_at })
+            },
+        )
     }
 
     /// The service's settings.

@@ -186,6 +186,21 @@ fn mail(config: &Config, root: &Path) -> Finding {
 
 /// Whether the web can reach `var/`: only when it lies inside the document root (known
 /// over HTTP), and then a `var/.htaccess` that denies everything must be there.
+/// The shared store, when the config names one: it must answer a `PING` within its bounds.
+fn store(config: &Config) -> Finding {
+    let answered = crate::store::Store::open(&config.store, config.lock_wait, &config.path)
+        .and_then(|s| s.ping());
+    match answered {
+        Ok(None) => finding(
+            "store",
+            true,
+            "rate limits, CAPTCHAs and tokens are kept in files under var/",
+        ),
+        Ok(Some(line)) => finding("store", true, line),
+        Err(e) => finding("store", false, e.to_string()),
+    }
+}
+
 fn protection(layout: &Layout, document_root: Option<&Path>) -> Finding {
     let var = layout.var();
     let inside = document_root.is_some_and(|d| var.starts_with(d))
@@ -268,6 +283,7 @@ pub fn run(document_root: Option<&Path>) -> Vec<Finding> {
     });
     if let Ok(c) = &config {
         out.push(mail(c, layout.root()));
+        out.push(store(c));
     }
     out.push(protection(&layout, document_root));
     out

@@ -58,6 +58,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     /// Spam screening.
     pub spam: SpamConfig,
+    /// Where rate limits, challenges and tokens are kept (`[store]`).
+    pub store: crate::store::Backend,
     /// Where the config was read from, for messages.
     pub path: PathBuf,
 }
@@ -235,6 +237,17 @@ struct Raw {
     mail: Option<RawMail>,
     tokens: Option<RawTokens>,
     spam: Option<RawSpam>,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    url: Option<String>,
+    prefix: Option<String>,
+    connect_timeout_ms: Option<i64>,
+    command_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -488,6 +501,7 @@ impl Config {
             mail: parse_mail(&c, raw.mail)?,
             tokens: parse_tokens(&c, raw.tokens)?,
             spam: parse_spam(&c, raw.spam)?,
+            store: parse_store(&c, raw.store, lock_wait)?,
             path: path.to_path_buf(),
         })
     }
@@ -580,6 +594,78 @@ fn parse_spam(c: &Checker<'_>, raw: Option<RawSpam>) -> Result<SpamConfig> {
         pow_bits: c.int("spam.pow_bits", raw.pow_bits, 18, 1, 28)? as u32,
         pow_extra_bits: c.int("spam.pow_extra_bits", raw.pow_extra_bits, 4, 0, 8)? as u32,
     })
+}
+
+/// `[store]`: files (the default) or a shared Redis. A Redis backend in a build without
+/// the `redis` feature is refused here, so that `--check` and every request say so.
+fn parse_store(
+    c: &Checker<'_>,
+    raw: Option<RawStore>,
+    lock_wait: Duration,
+) -> Result<crate::store::Backend> {
+    use crate::store::{Backend, RedisConfig};
+    let raw = raw.unwrap_or_default();
+    let redis = c.choice(
+        "store.backend",
+        raw.backend.as_deref(),
+        "files",
+        &[("files", false), ("redis", true)],
+    )?;
+    if !redis {
+        if raw.url.is_some() || raw.prefix.is_some() {
+            return Err(Error::config(
+                c.path,
+                "store.url",
+                "only used with backend = \"redis\"",
+            ));
+        }
+        return Ok(Backend::Files);
+    }
+    if !cfg!(feature = "redis") {
+        return Err(crate::store::not_built(c.path));
+    }
+    let url = c.text("store.url", raw.url, "redis://127.0.0.1:6379/0", 1000)?;
+    let schemes = [
+        "redis://",
+        "rediss://",
+        "unix:",
+        "redis+unix:",
+        "valkey://",
+        "valkeys://",
+    ];
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        return Err(Error::config(
+            c.path,
+            "store.url",
+            "must start with redis:// or rediss:// (TLS) or unix: (a socket path)",
+        ));
+    }
+    let prefix = c.text("store.prefix", raw.prefix, "formwarden:", 64)?;
+    if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-:.{}".contains(&b))
+    {
+        return Err(Error::config(
+            c.path,
+            "store.prefix",
+            "may hold only letters, digits and _ - : . { }",
+        ));
+    }
+    let ms = |key: &str, v: Option<i64>, default: i64| -> Result<Duration> {
+        Ok(Duration::from_millis(
+            c.int(key, v, default, 1, 30_000)? as u64
+        ))
+    };
+    Ok(Backend::Redis(RedisConfig {
+        url,
+        prefix,
+        connect_timeout: ms("store.connect_timeout_ms", raw.connect_timeout_ms, 250)?,
+        command_timeout: ms(
+            "store.command_timeout_ms",
+            raw.command_timeout_ms,
+            lock_wait.as_millis() as i64,
+        )?,
+    }))
 }
 
 /// The config text as TOML, or an error that names the key (or the line and column of a

@@ -105,11 +105,7 @@ pub fn error_response(ctx: &PageCtx, e: &Error, form: Option<&Fields>, doing: Do
         (Doing::Form, false) => Msg::ServerError,
     };
     if temporary {
-        let retry = if matches!(e, Error::LockTimeout { .. }) {
-            1
-        } else {
-            60
-        };
+        let retry = e.retry_after();
         return pages::error(
             ctx,
             503,
@@ -785,7 +781,7 @@ fn token_error(req: &Request, e: &Error) -> Response {
                     "unavailable",
                     &format!("temporarily unavailable; reference {reference}"),
                 )
-                .header("Retry-After", "60")
+                .header("Retry-After", e.retry_after().to_string())
             } else {
                 json_or_text(
                     req,

@@ -65,6 +65,13 @@ pub enum Error {
         /// The configured ceiling.
         limit: usize,
     },
+    /// The shared store (Redis) did not answer, or answered with an error.
+    Store {
+        /// Its URL without credentials.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// The library's result type.
@@ -93,7 +100,7 @@ impl Error {
     /// broken installation (500).
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::LockTimeout { .. } | Error::Full { .. } => true,
+            Error::LockTimeout { .. } | Error::Full { .. } | Error::Store { .. } => true,
             // tempfile wraps its errors with the path, which hides the raw errno but keeps
             // the kind, so both are checked.
             Error::Io { source, .. } => {
@@ -108,6 +115,17 @@ impl Error {
                 )
             }
             _ => false,
+        }
+    }
+
+    /// The `Retry-After` seconds of a temporary error: a lock is free again within a
+    /// second; a shared store that went away is usually back within seconds (a restart or
+    /// a failover); a full disk or ceiling needs longer.
+    pub fn retry_after(&self) -> u64 {
+        match self {
+            Error::LockTimeout { .. } => 1,
+            Error::Store { .. } => 5,
+            _ => 60,
         }
     }
 }
@@ -135,6 +153,10 @@ impl fmt::Display for Error {
             Error::Full { what, limit } => {
                 write!(f, "{what} at their configured ceiling of {limit}")
             }
+            Error::Store { url, detail } => write!(
+                f,
+                "shared store {url}: {detail} (rate limits, CAPTCHAs and tokens are unavailable until it answers)"
+            ),
         }
     }
 }

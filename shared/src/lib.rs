@@ -28,6 +28,11 @@ pub mod preview;
 pub mod quota;
 pub mod random;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+pub mod redis_store;
+#[cfg(not(feature = "redis"))]
+#[path = "redis_absent.rs"]
+pub mod redis_store;
 pub mod run;
 pub mod screen;
 pub mod seeded;
@@ -35,6 +40,7 @@ pub mod setup;
 pub mod shard;
 pub mod spool;
 pub mod state;
+pub mod store;
 pub mod sweep;
 pub mod tokens;
 

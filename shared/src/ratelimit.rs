@@ -1,12 +1,14 @@
 //! The rate limiter: a fixed window per hashed client key, with separate budgets for
 //! CAPTCHA fetches and contact posts. One file per client key under `var/tmp/ratelimit/`,
-//! changed only under the lock `ratelimit_{key}`. Only admitted requests are counted, so
+//! changed only under the lock `ratelimit_{key}` (or, with the Redis store, one key of that
+//! name that lives until its window ends). Only admitted requests are counted, so
 //! the stored counter always equals the number of requests let through in the window. This
 //! module never sees a raw client address: it gets the hashed key.
 
 use crate::error::Result;
 use crate::lock::{LockKey, LockRunner};
 use crate::state::{self, TriggerReason, Validate};
+use crate::store::{Change, Expiry, Store};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -113,6 +115,7 @@ pub struct RateLimiter {
     dir: PathBuf,
     locks: LockRunner,
     limits: Limits,
+    store: Store,
 }
 
 impl RateLimiter {
@@ -122,7 +125,54 @@ impl RateLimiter {
             dir: dir.into(),
             locks,
             limits,
+            store: Store::Files,
         }
+    }
+
+    /// The same limiter keeping its windows in `store` instead.
+    pub fn with_store(self, store: Store) -> Self {
+        RateLimiter { store, ..self }
+    }
+
+    /// The answer for an admitted request whose window is now `w`.
+    fn admitted(&self, w: &Window, bucket: Bucket) -> Verdict {
+        let (used, max) = match bucket {
+            Bucket::CaptchaGet => (w.captcha_get, self.limits.captcha_max_get),
+            Bucket::ContactPost => (w.contact_post, self.limits.contact_max_post),
+        };
+        Verdict::Admitted {
+            remaining: max.saturating_sub(used),
+        }
+    }
+
+    /// [`RateLimiter::hit`] on the Redis store: the same decision, applied atomically on
+    /// the server. There is no ceiling and no sweep: a window's key expires when the
+    /// window ends.
+    fn hit_shared(
+        &self,
+        redis: &crate::redis_store::RedisStore,
+        client_key: &str,
+        bucket: Bucket,
+        now: u64,
+        trigger: TriggerReason,
+    ) -> Result<Verdict> {
+        let key = LockKey::ratelimit(client_key);
+        redis.update(&key, now, trigger, |current: Option<&Window>| match decide(
+            current,
+            bucket,
+            &self.limits,
+            now,
+        ) {
+            ActionPlan::Refuse { retry_after } => (Change::Keep, Verdict::Limited { retry_after }),
+            ActionPlan::Admit(w) => {
+                let verdict = self.admitted(&w, bucket);
+                let end = w.window_start.saturating_add(self.limits.window_seconds);
+                (
+                    Change::Put(w, Expiry::After(end.saturating_sub(now))),
+                    verdict,
+                )
+            }
+        })
     }
 
     /// The file that holds `client_key`'s window, in its shard (see `shard`). The key is
@@ -137,14 +187,17 @@ impl RateLimiter {
     /// without a window first makes room for it under the ceiling (outside its own lock,
     /// so the critical section stays short).
     pub fn hit(&self, client_key: &str, bucket: Bucket, now: u64) -> Result<Verdict> {
-        let path = self.path_of(client_key);
-        if !state::exists(&path)? {
-            self.make_room(&path)?;
-        }
         let trigger = match bucket {
             Bucket::CaptchaGet => TriggerReason::CaptchaGet,
             Bucket::ContactPost => TriggerReason::ContactPost,
         };
+        if let Some(redis) = self.store.redis() {
+            return self.hit_shared(redis, client_key, bucket, now, trigger);
+        }
+        let path = self.path_of(client_key);
+        if !state::exists(&path)? {
+            self.make_room(&path)?;
+        }
         // The temp file is made before the lock is taken; only a refused request drops it
         // unused (after the lock is released).
         let staged = crate::atomic::stage(&path)?;
@@ -156,12 +209,7 @@ impl RateLimiter {
                 }
                 ActionPlan::Admit(w) => {
                     state::commit_staged(staged, &path, &w)?;
-                    let (used, max) = match bucket {
-                        Bucket::CaptchaGet => (w.captcha_get, self.limits.captcha_max_get),
-                        Bucket::ContactPost => (w.contact_post, self.limits.contact_max_post),
-                    };
-                    let remaining = max.saturating_sub(used);
-                    Ok((Verdict::Admitted { remaining }, None))
+                    Ok((self.admitted(&w, bucket), None))
                 }
             }
         })?;

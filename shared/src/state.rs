@@ -68,8 +68,8 @@ fn read_raw(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Parses and validates state read from a file.
-fn parse<T: DeserializeOwned + Validate>(bytes: &[u8], now: u64) -> Loaded<T> {
+/// Parses and validates stored state (a file's bytes, or a shared store's value).
+pub fn parse<T: DeserializeOwned + Validate>(bytes: &[u8], now: u64) -> Loaded<T> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Loaded::Invalid("not UTF-8".into());
     };
@@ -152,7 +152,8 @@ pub enum Durability {
     Ephemeral,
 }
 
-fn to_text<T: Serialize>(path: &Path, value: &T) -> Result<String> {
+/// The stored form of `value` (TOML); `path` names it in the error.
+pub fn to_text<T: Serialize>(path: &Path, value: &T) -> Result<String> {
     toml::to_string(value).map_err(|e| {
         Error::io(
             "serialize",

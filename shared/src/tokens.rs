@@ -1,7 +1,8 @@
 //! The token service: per-profile token lists in `var/state/tokens/{profile}.toml`.
 //! Rotation issues a new random token (shown once, stored only as a hash), keeps the
 //! previous ones for the profile's grace period and drops expired ones; revocation removes
-//! tokens. Both write under the lock `token_{profile}` through the atomic writer.
+//! tokens. Both write under the lock `token_{profile}` through the atomic writer (or, with
+//! the Redis store, as one atomic change of that key).
 //! Verification is lock-free: it reads the file as it is, and because every write is a
 //! rename it sees the old or the new list, never a torn one. Profile names are checked
 //! against a strict alphabet and must be configured before they can name a file.
@@ -9,7 +10,8 @@
 use crate::config::TokenProfile;
 use crate::error::{Error, Result};
 use crate::lock::{LockKey, LockRunner};
-use crate::state::{self, Loaded, TriggerReason, Validate};
+use crate::state::{self, Durability, Loaded, TriggerReason, Validate};
+use crate::store::{Change, Expiry, FileSlot, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,6 +144,7 @@ pub struct TokenService {
     dir: PathBuf,
     locks: LockRunner,
     profiles: BTreeMap<String, TokenProfile>,
+    store: Store,
 }
 
 /// What `list` shows: everything but secrets and hashes.
@@ -175,7 +178,13 @@ impl TokenService {
             dir: dir.into(),
             locks,
             profiles,
+            store: Store::Files,
         }
+    }
+
+    /// The same service keeping its lists in `store` instead.
+    pub fn with_store(self, store: Store) -> Self {
+        TokenService { store, ..self }
     }
 
     /// Checks `profile` and returns its settings and file.
@@ -189,10 +198,6 @@ impl TokenService {
             name: profile.to_string(),
         })?;
         Ok((p, self.dir.join(format!("{profile}.toml"))))
-    }
-
-    fn load(&self, path: &std::path::Path, now: u64, trigger: TriggerReason) -> Result<TokenList> {
-        Ok(state::read_or_reset::<TokenList>(path, now, trigger)?.unwrap_or_default())
     }
 
     /// Issues a new token for `profile` under `token_{profile}`.
@@ -210,20 +215,42 @@ impl TokenService {
             created_at: now,
             expires_at,
         };
-        let next = state::update_durable(
-            &path,
-            &self.locks,
-            &LockKey::token(profile),
-            now,
-            TriggerReason::TokenRotate,
-            |current: &TokenList| decide_rotation(current, fresh.clone(), settings, now),
-        )?;
-        tracing::info!(profile, id = %id, rotation = next.rotations, "token rotated");
+        let key = LockKey::token(profile);
+        let rotation = match self.store.redis() {
+            // Token lists never expire in Redis; only rotation and revocation change them.
+            Some(redis) => redis.update(
+                &key,
+                now,
+                TriggerReason::TokenRotate,
+                |current: Option<&TokenList>| {
+                    let next = decide_rotation(
+                        current.unwrap_or(&TokenList::default()),
+                        fresh.clone(),
+                        settings,
+                        now,
+                    );
+                    let rotation = next.rotations;
+                    (Change::Put(next, Expiry::Never), rotation)
+                },
+            )?,
+            None => {
+                state::update_durable(
+                    &path,
+                    &self.locks,
+                    &key,
+                    now,
+                    TriggerReason::TokenRotate,
+                    |current: &TokenList| decide_rotation(current, fresh.clone(), settings, now),
+                )?
+                .rotations
+            }
+        };
+        tracing::info!(profile, id = %id, rotation, "token rotated");
         Ok(Issued {
             id,
             secret,
             expires_at,
-            rotation: next.rotations,
+            rotation,
         })
     }
 
@@ -231,17 +258,31 @@ impl TokenService {
     /// many were removed.
     pub fn revoke(&self, profile: &str, id: &str, now: u64) -> Result<usize> {
         let (_, path) = self.profile(profile)?;
-        self.locks.run(&LockKey::token(profile), || {
-            let mut list = self.load(&path, now, TriggerReason::TokenRevoke)?;
-            let before = list.token.len();
-            list.token.retain(|t| id != "all" && t.id != id);
-            let removed = before - list.token.len();
-            if removed > 0 {
-                state::write(&path, &list)?;
-                tracing::info!(profile, id, removed, "tokens revoked");
-            }
-            Ok(removed)
-        })
+        let slot = FileSlot {
+            path: &path,
+            locks: &self.locks,
+            durability: Durability::Durable,
+        };
+        let removed = self.store.update(
+            slot,
+            &LockKey::token(profile),
+            now,
+            TriggerReason::TokenRevoke,
+            |current: Option<&TokenList>| {
+                let mut list = current.cloned().unwrap_or_default();
+                let before = list.token.len();
+                list.token.retain(|t| id != "all" && t.id != id);
+                let removed = before - list.token.len();
+                if removed == 0 {
+                    return (Change::Keep, 0);
+                }
+                (Change::Put(list, Expiry::Never), removed)
+            },
+        )?;
+        if removed > 0 {
+            tracing::info!(profile, id, removed, "tokens revoked");
+        }
+        Ok(removed)
     }
 
     /// The tokens of `profile` that are still valid, without secrets. Lock-free.
@@ -265,7 +306,10 @@ impl TokenService {
     /// valid) and is logged; the next rotation resets it under the lock.
     pub fn read_lock_free(&self, profile: &str, now: u64) -> Result<TokenList> {
         let (_, path) = self.profile(profile)?;
-        match state::read::<TokenList>(&path, now)? {
+        match self
+            .store
+            .read::<TokenList>(&path, &LockKey::token(profile), now)?
+        {
             Loaded::Valid(l) => Ok(l),
             Loaded::Missing => Ok(TokenList::default()),
             Loaded::Invalid(reason) => {
@@ -299,11 +343,16 @@ impl TokenService {
             return Ok(false);
         }
         let (_, path) = self.profile(profile)?;
-        Ok(match state::read::<TokenList>(&path, now)? {
-            Loaded::Missing => true,
-            Loaded::Valid(l) => !l.token.iter().any(|t| t.live(now)),
-            Loaded::Invalid(_) => false,
-        })
+        Ok(
+            match self
+                .store
+                .read::<TokenList>(&path, &LockKey::token(profile), now)?
+            {
+                Loaded::Missing => true,
+                Loaded::Valid(l) => !l.token.iter().any(|t| t.live(now)),
+                Loaded::Invalid(_) => false,
+            },
+        )
     }
 
     /// True when `secret` is a live token of `profile`. Lock-free; constant-time per entry.

@@ -1,0 +1,288 @@
+//! The Redis store (cargo feature `redis`): the services' state in a Redis or Valkey shared
+//! by several web nodes. A value is stored under `{prefix}{lock key}` in the same TOML as
+//! its state file and validated the same way when read, so the seed's lock keys stay the
+//! names of what is serialized and no raw client address reaches Redis (the rate-limit key
+//! is already the salted hash).
+//!
+//! A change is optimistic and made atomic by the server: `WATCH` the key, `GET` it, let the
+//! service's pure decision function say what to do, then `MULTI` / `SET` or `DEL` /
+//! `EXEC`. Redis runs the `EXEC` only if nobody wrote the key since the `WATCH`; otherwise
+//! the round starts over from the newer value. We chose this over Lua scripts so that the
+//! decisions stay the one Rust implementation both stores share, rather than a second copy
+//! in Lua that could drift from it. Every round is bounded like a lock wait: when
+//! `lock_wait` runs out before a round commits, the answer is the same lock timeout, and a
+//! Redis that does not answer within `command_timeout` is a [`Error::Store`] (both a 503
+//! with `Retry-After`).
+//!
+//! This module never decides about a value, never blocks longer than its bounds, and
+//! never puts a password in an error or a log line.
+
+use crate::error::{Error, Result};
+use crate::lock::LockKey;
+use crate::state::{self, Loaded, TriggerReason, Validate};
+use crate::store::{Change, Expiry, RedisConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A connection to one Redis, made on first use and kept for the life of the process.
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: String,
+    shown_url: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    wait: Duration,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shown_url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Parses the URL; connects on first use. `config` names the config file in errors.
+    pub fn open(cfg: &RedisConfig, lock_wait: Duration, config: &Path) -> Result<RedisStore> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+            Error::config(
+                config,
+                "store.url",
+                format!("not a Redis URL: {}", e.detail().unwrap_or("unparsable")),
+            )
+        })?;
+        Ok(RedisStore {
+            client,
+            prefix: cfg.prefix.clone(),
+            shown_url: cfg.shown_url(),
+            connect_timeout: cfg.connect_timeout,
+            command_timeout: cfg.command_timeout,
+            wait: lock_wait,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The Redis key of `key`.
+    pub fn key_of(&self, key: &LockKey) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+
+    /// Runs `f` on the connection, connecting first if there is none. A connection that
+    /// failed is dropped, so that the next operation starts with a fresh one.
+    fn with_conn<R>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> Result<R, Failure>,
+    ) -> Result<R> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)
+                .map_err(|e| self.error(&e, "cannot connect"))?;
+            let timeout = Some(self.command_timeout);
+            conn.set_read_timeout(timeout)
+                .and_then(|()| conn.set_write_timeout(timeout))
+                .map_err(|e| self.error(&e, "cannot set timeouts"))?;
+            *slot = Some(conn);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(self.store_error("no connection"));
+        };
+        match f(conn) {
+            Ok(r) => Ok(r),
+            Err(Failure::Redis(e)) => {
+                // A timed-out or broken connection may still have an answer in flight;
+                // it must not be read as the answer to the next command.
+                *slot = None;
+                Err(self.error(&e, "failed"))
+            }
+            Err(Failure::Ours(e)) => {
+                *slot = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn error(&self, e: &redis::RedisError, doing: &str) -> Error {
+        let detail = if e.is_timeout() {
+            format!(
+                "{doing}: no answer within {} ms",
+                self.command_timeout.max(self.connect_timeout).as_millis()
+            )
+        } else {
+            format!("{doing}: {e}")
+        };
+        self.store_error(&detail)
+    }
+
+    fn store_error(&self, detail: &str) -> Error {
+        Error::Store {
+            url: self.shown_url.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// `PING`: a line for the self-check.
+    pub fn ping(&self) -> Result<String> {
+        let start = Instant::now();
+        let answer: String = self.with_conn(|c| Ok(redis::cmd("PING").query(c)?))?;
+        Ok(format!(
+            "Redis {} answered {answer} in {:.1} ms (keys under {:?})",
+            self.shown_url,
+            start.elapsed().as_secs_f64() * 1000.0,
+            self.prefix
+        ))
+    }
+
+    /// Reads the value of `key` without any lock (a single `GET`): it is always a whole
+    /// value, since Redis applies each `SET` at once.
+    pub fn read<T: DeserializeOwned + Validate>(
+        &self,
+        key: &LockKey,
+        now: u64,
+    ) -> Result<Loaded<T>> {
+        let k = self.key_of(key);
+        let raw: Option<Vec<u8>> = self.with_conn(|c| Ok(redis::cmd("GET").arg(&k).query(c)?))?;
+        Ok(match raw {
+            None => Loaded::Missing,
+            Some(bytes) => state::parse(&bytes, now),
+        })
+    }
+
+    /// True when `key` holds a value.
+    pub fn exists(&self, key: &LockKey) -> Result<bool> {
+        let k = self.key_of(key);
+        let n: u64 = self.with_conn(|c| Ok(redis::cmd("EXISTS").arg(&k).query(c)?))?;
+        Ok(n > 0)
+    }
+
+    /// Stores a new value under a key nobody else can know yet (a fresh challenge id).
+    pub fn put<T: Serialize>(&self, key: &LockKey, value: &T, expiry: Expiry) -> Result<()> {
+        let k = self.key_of(key);
+        let text = state::to_text(&self.virtual_path(&k), value)?;
+        self.with_conn(|c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&k).arg(text);
+            with_expiry(&mut cmd, expiry);
+            Ok(cmd.exec(c)?)
+        })
+    }
+
+    /// The atomic read-decide-write of `key`: `decide` gets the current value (`None` when
+    /// there is none, or when the stored one failed validation, which is then logged with
+    /// its reason and removed or overwritten) and returns what to change and what to
+    /// answer. It may run more than once, each time on a newer value; only the round whose
+    /// change committed gives the answer.
+    pub fn update<T, R>(
+        &self,
+        key: &LockKey,
+        now: u64,
+        trigger: TriggerReason,
+        mut decide: impl FnMut(Option<&T>) -> (Change<T>, R),
+    ) -> Result<R>
+    where
+        T: DeserializeOwned + Validate + Serialize,
+    {
+        let k = self.key_of(key);
+        let path = self.virtual_path(&k);
+        let start = Instant::now();
+        let wait = self.wait;
+        self.with_conn(|c| {
+            let mut round = 0u32;
+            loop {
+                redis::cmd("WATCH").arg(&k).exec(c)?;
+                let raw: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(c)?;
+                let (current, invalid) = match raw.map(|b| state::parse::<T>(&b, now)) {
+                    None | Some(Loaded::Missing) => (None, false),
+                    Some(Loaded::Valid(v)) => (Some(v), false),
+                    Some(Loaded::Invalid(reason)) => {
+                        tracing::warn!(key = %k, reason, ?trigger, "state reset");
+                        (None, true)
+                    }
+                };
+                let (change, answer) = decide(current.as_ref());
+                let mut tx = redis::pipe();
+                tx.atomic();
+                match &change {
+                    Change::Keep if !invalid => {
+                        redis::cmd("UNWATCH").exec(c)?;
+                        return Ok(answer);
+                    }
+                    Change::Keep | Change::Delete => {
+                        tx.cmd("DEL").arg(&k).ignore();
+                    }
+                    Change::Put(value, expiry) => {
+                        let text = state::to_text(&path, value).map_err(Failure::Ours)?;
+                        let cmd = tx.cmd("SET").arg(&k).arg(text);
+                        // A value that failed validation has no TTL worth keeping.
+                        let expiry = match expiry {
+                            Expiry::Unchanged if invalid => Expiry::Never,
+                            e => *e,
+                        };
+                        match expiry {
+                            Expiry::After(s) => cmd.arg("EX").arg(s.max(1)),
+                            Expiry::Unchanged => cmd.arg("KEEPTTL"),
+                            Expiry::Never => cmd,
+                        }
+                        .ignore();
+                    }
+                }
+                // EXEC answers nil when the watched key changed since WATCH.
+                let committed: Option<()> = tx.query(c)?;
+                if committed.is_some() {
+                    return Ok(answer);
+                }
+                round += 1;
+                if start.elapsed() >= wait {
+                    return Err(Failure::Ours(Error::LockTimeout {
+                        key: key.as_str().to_string(),
+                        waited_ms: wait.as_millis() as u64,
+                    }));
+                }
+                // Another node won this round: let it finish before reading again, with
+                // a pause that grows a little with each lost round and differs by process.
+                if round > 2 {
+                    std::thread::sleep(Duration::from_micros(
+                        u64::from(round.min(20)) * 50 + u64::from(std::process::id() % 97),
+                    ));
+                }
+            }
+        })
+    }
+
+    /// A name for `key` in serialization errors, which take a path.
+    fn virtual_path(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}#{key}", self.shown_url))
+    }
+}
+
+fn with_expiry(cmd: &mut redis::Cmd, expiry: Expiry) {
+    match expiry {
+        Expiry::After(s) => {
+            cmd.arg("EX").arg(s.max(1));
+        }
+        Expiry::Unchanged => {
+            cmd.arg("KEEPTTL");
+        }
+        Expiry::Never => {}
+    }
+}
+
+/// What went wrong inside one connection's work: the connection's fault (it is dropped)
+/// or ours (a lock-timeout-like bound, a value that cannot be serialized).
+enum Failure {
+    Redis(redis::RedisError),
+    Ours(Error),
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(e: redis::RedisError) -> Self {
+        Failure::Redis(e)
+    }
+}
