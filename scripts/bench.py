@@ -21,7 +21,7 @@ RSS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "
 SALT = "b3nchS4lt-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def site(captcha_max_get=1000000):
+def site(captcha_max_get=1000000, store=""):
     d = tempfile.mkdtemp(prefix="fw-bench-")
     os.makedirs(d + "/var/config")
     with open(d + "/var/config/config.toml", "w") as f:
@@ -29,7 +29,7 @@ def site(captcha_max_get=1000000):
                 f'[mail]\nfrom = "B <b@example.org>"\nto = ["o@example.org"]\ntransport = "file"\n[mail.file]\ndir = "{d}/mail-out"\n'
                 '[tokens.profiles.admin]\n[tokens.profiles.deploy]\nmax_tokens = 10000\n'
                 # The bench posts the moment it has a challenge: no time trap.
-                '[spam]\nmin_fill_seconds = 0\n')
+                '[spam]\nmin_fill_seconds = 0\n' + store)
     return d
 
 
@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--only", default="cgi,bursts,sustained,floods")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--static", help="the unpacked release archive, measured beside BIN_DIR")
+    ap.add_argument("--redis-bindir", help="the same build with the Redis store (for --only store)")
     a = ap.parse_args()
     b = lambda name: os.path.join(a.bindir, name)
     only = set(a.only.split(","))
@@ -94,6 +95,103 @@ def main():
                     p.wait()
     if "floods" in only:
         floods(a, b)
+    if "store" in only and a.redis_bindir:
+        stores(a, b, lambda name: os.path.join(a.redis_bindir, name))
+
+
+def redis_server():
+    """A throw-away redis-server on a free loopback port, without persistence."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tempfile.mkdtemp(prefix="fw-bench-redis-")
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL)
+    for _ in range(500):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    return p, port
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit("redis-server did not start")
+
+
+def stores(a, b_files, b_redis):
+    """Files against Redis in one run: the default build on files, the Redis build on
+    files (what compiling Redis in costs when it is not used) and the Redis build on a
+    local redis-server, interleaved in blocks of 10; then the same one-key contention on
+    both stores."""
+    server, port = redis_server()
+    try:
+        store = f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{port}/0"\nprefix = "bench:"\n'
+        files_root, redis_root = site(), site(store=store)
+        setups = [("default build, files", b_files, files_root), ("redis build, files", b_redis, files_root),
+                  ("redis build, Redis", b_redis, redis_root)]
+        print(f"\nstores: per-request time, {a.runs} sequential runs each, setups interleaved in blocks of 10"
+              f" (redis-server on loopback, nothing else started):")
+        base = timed("/bin/true", a.runs, lambda: run(["/bin/true"], {}))
+        toks = {r: run([b_redis("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=r))[0].decode().split("\n")[0]
+                for r in (files_root, redis_root)}
+
+        def post_job(bb, r):
+            c, ans = answer_of(run([b_files("captcha") if r == files_root else b_redis("captcha")], cgi_env(r))[0])
+            body = urllib.parse.urlencode(dict(name="B", email="b@example.net", subject="s", message="m", captcha=ans)).encode()
+            env = cgi_env(r, "POST", CONTENT_TYPE="application/x-www-form-urlencoded", CONTENT_LENGTH=str(len(body)),
+                          HTTP_COOKIE=f"fw_captcha={c}")
+            return [bb("contact")], env, body, b"Status: 200"
+
+        cases = [
+            ("captcha GET (PNG + challenge)", lambda bb, r: ([bb("captcha")], cgi_env(r), b"", b"Status: 200")),
+            ("contact POST (accepted)", post_job),
+            ("tokens verify GET", lambda bb, r: ([bb("tokens")], cgi_env(r, QUERY_STRING="profile=deploy",
+                                                 HTTP_AUTHORIZATION=f"Bearer {toks[r]}"), b"", b"Status: 204")),
+            ("tokens rotate (CLI)", lambda bb, r: ([bb("tokens"), "rotate", "deploy"], dict(FORMWARDEN_ROOT=r), b"", b"fwt_")),
+        ]
+        print(f"  {'':<32}" + "".join(f"  {n:>22}" for n, _, _ in setups))
+        for label, job in cases:
+            total = collections.Counter()
+            done = 0
+            while done < a.runs:
+                block = min(10, a.runs - done)
+                for name, bb, r in setups:
+                    jobs = [job(bb, r) for _ in range(block)]
+                    for cmd, env, body, want in jobs:
+                        t = time.perf_counter()
+                        out, _ = run(cmd, env, body)
+                        total[name] += time.perf_counter() - t
+                        if not out.startswith(want):
+                            raise SystemExit(f"{label} ({name}): unexpected answer {out[:120]!r}")
+                done += block
+            cells = "".join(f"  {total[n] * 1000 / a.runs:7.2f} ms {total[n] * 1000 / a.runs / base:4.1f}x"
+                            for n, _, _ in setups)
+            print(f"  {label:<32}{cells}")
+        print("  (mean time per request and its multiple of /bin/true)")
+
+        print("\nstores: one client key under contention, CAPTCHA GET, limit 1000 per window:")
+        for workers, each in [(8, 50), (64, 5)]:
+            for name, bb, st in [("files", b_redis, ""), ("Redis", b_redis, store.replace("bench:", f"bench{workers}:"))]:
+                r = site(captcha_max_get=1000, store=st)
+                env = cgi_env(r, addr="198.51.100.77")
+
+                def job():
+                    t = time.perf_counter()
+                    out, err = run([bb("captcha")], env)
+                    return out[:12], b"Lock-Timeout" in err, time.perf_counter() - t
+                t = time.perf_counter()
+                res = flood(workers, each, job)
+                wall = time.perf_counter() - t
+                ok = sum(1 for o, _, _ in res if o.startswith(b"Status: 200"))
+                timeouts = sum(1 for _, to, _ in res if to)
+                other = len(res) - ok - timeouts
+                lat = sorted(x for _, _, x in res)
+                print(f"  {workers:2} workers x {each:3}  {name:<6} {len(res) / wall:7.1f} req/s  p50 {lat[len(lat) // 2] * 1000:6.1f} ms"
+                      f"  p99 {lat[int(len(lat) * 0.99)] * 1000:6.1f} ms  ok {ok:4}  lock timeouts {timeouts:3}  other {other}")
+    finally:
+        server.kill()
+        server.wait()
 
 
 def per_request(a, b, root, static=None):

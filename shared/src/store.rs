@@ -199,7 +199,7 @@ pub fn not_built(config: &Path) -> Error {
         config,
         "store.backend",
         "this build has no Redis support: use the executables built with the `redis` \
-         feature (the release's formwarden-redis archive, or `cargo build --release \
+         feature (the release archive whose name ends in -redis, or `cargo build --release \
          --features redis`), or set backend = \"files\"",
     )
 }
