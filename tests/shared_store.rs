@@ -512,3 +512,136 @@ fn redis_url_is_checked(config: &Path) {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("store.url"), "{report}");
 }
+
+/// Messages a node saved: in its spool or already in its mail-out folder.
+fn saved(site: &Site) -> usize {
+    site.ls("spool/new")
+        .into_iter()
+        .chain(site.ls("mail-out"))
+        .filter(|f| f.ends_with(".toml") || f.ends_with(".eml"))
+        .count()
+}
+
+/// An nginx in front of two nodes, as a load balancer: round robin over `upstreams`, each
+/// answer naming the node it came from (`X-Upstream`).
+struct Balancer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    fn start(upstreams: &[u16]) -> Balancer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let port = free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p};\n"))
+            .collect();
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+             \x20   fastcgi_temp_path {d}/fcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+             \x20   upstream nodes {{\n{servers}    }}\n\
+             \x20   server {{\n        listen 127.0.0.1:{port};\n        location / {{\n\
+             \x20           proxy_pass http://nodes;\n            add_header X-Upstream $upstream_addr always;\n\
+             \x20       }}\n    }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        let child = Command::new(crate::util::servers::nginx_binary())
+            .arg("-p")
+            .arg(format!("{d}/"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "balancer did not start: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Balancer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown, which takes its worker along.
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_nginx_fastcgi_nodes_behind_one_balancer_serve_one_site() {
+    use crate::util::servers::{Client, Kind, Server, share_var};
+    let redis = Redis::start();
+    let [a, b] = nodes(&redis, "");
+    share_var(&a);
+    share_var(&b);
+    let node_a = Server::start(Kind::NginxFastcgi, &a);
+    let node_b = Server::start(Kind::NginxFastcgi, &b);
+    let front = Balancer::start(&[node_a.port(), node_b.port()]);
+    let logs = || format!("node A:\n{}\nnode B:\n{}", node_a.log(), node_b.log());
+    let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+    let rounds = 6;
+    for round in 0..rounds {
+        let mut browser = Client::new(front.port);
+        let image = browser.get(&node_a.path("captcha"));
+        assert_eq!(image.status, 200, "{}\n{}", image.describe(), logs());
+        let answer = image
+            .header("x-formwarden-test-answer")
+            .expect("test hook header")
+            .to_string();
+        let image_node = image.header("x-upstream").expect("upstream").to_string();
+        let sent = browser.post_form(&node_a.path("contact"), &good_form(&answer));
+        assert!(
+            sent.status == 200 || sent.status == 202,
+            "round {round}: {}\n{}",
+            sent.describe(),
+            logs()
+        );
+        let post_node = sent.header("x-upstream").expect("upstream").to_string();
+        // Round robin: the picture came from one node and the post went to the other.
+        assert_ne!(image_node, post_node, "round {round}");
+        *served_by.entry(post_node).or_default() += 1;
+        let replay = browser.post_form(&node_a.path("contact"), &good_form(&answer));
+        assert_eq!(replay.status, 403, "replay: {}", replay.describe());
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "both nodes accepted posts: {served_by:?}"
+    );
+    // Each node keeps the messages it accepted on its own disk, none lost, none twice.
+    let a_port = format!("127.0.0.1:{}", node_a.port());
+    let b_port = format!("127.0.0.1:{}", node_b.port());
+    assert_eq!(
+        (saved(&a), saved(&b)),
+        (served_by[&a_port], served_by[&b_port]),
+        "{}",
+        logs()
+    );
+    assert_eq!(saved(&a) + saved(&b), rounds);
+}

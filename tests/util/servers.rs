@@ -819,7 +819,8 @@ impl Nginx {
     }
 }
 
-fn nginx_binary() -> &'static str {
+/// The nginx executable (Debian installs it in /usr/sbin, which root's PATH may lack).
+pub fn nginx_binary() -> &'static str {
     if Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
     } else {
