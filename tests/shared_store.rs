@@ -645,3 +645,63 @@ fn two_nginx_fastcgi_nodes_behind_one_balancer_serve_one_site() {
     );
     assert_eq!(saved(&a) + saved(&b), rounds);
 }
+
+#[test]
+fn invalid_values_in_redis_are_reset_with_a_logged_reason_and_token_lists_fail_closed() {
+    let redis = Redis::start();
+    let [a, b] = nodes(&redis, "");
+    let set = |key: &LockKey, value: &str| {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{PREFIX}{}", key.as_str()))
+            .arg(value)
+            .query(&mut redis.conn())
+            .expect("SET");
+    };
+    let addr = "198.51.100.66";
+    let window = LockKey::ratelimit(&client_key(addr));
+    for garbage in [
+        "not toml at all",
+        "window_start = \"yesterday\"\ncaptcha_get = 1\ncontact_post = 0\n",
+        "window_start = 99999999999\ncaptcha_get = 1\ncontact_post = 0\n",
+    ] {
+        set(&window, garbage);
+        let got = a.cgi("captcha", "GET").remote_addr(addr).run();
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert!(
+            got.stderr.contains("state reset") && got.stderr.contains("ratelimit_"),
+            "the reset is logged with its reason: {}",
+            got.stderr
+        );
+        let stored = redis.value(&window).expect("fresh window");
+        assert_eq!(stored["captcha_get"].as_integer(), Some(1), "{garbage}");
+    }
+
+    let token = b.rotate("deploy");
+    let tokens = LockKey::token("deploy");
+    set(&tokens, "rotations = -1\n");
+    let verify = a
+        .cgi("tokens", "GET")
+        .query("profile=deploy")
+        .header("authorization", &format!("Bearer {token}"))
+        .run();
+    assert_eq!(verify.status, 401, "an unreadable list fails closed");
+    assert!(
+        verify.stderr.contains("token list invalid"),
+        "{}",
+        verify.stderr
+    );
+    // The next rotation starts a fresh list, and its token verifies on both nodes.
+    let fresh = a.rotate("deploy");
+    for node in [&a, &b] {
+        let v = node
+            .cgi("tokens", "GET")
+            .query("profile=deploy")
+            .header("authorization", &format!("Bearer {fresh}"))
+            .run();
+        assert_eq!(v.status, 204, "{}", v.text());
+    }
+    assert_eq!(
+        redis.value(&tokens).expect("list")["rotations"].as_integer(),
+        Some(1)
+    );
+}
