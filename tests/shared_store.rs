@@ -19,6 +19,8 @@ struct Redis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     persist: bool,
+    /// A TLS port beside the plain one, with the test CA's server certificate.
+    tls: Option<(u16, PathBuf)>,
 }
 
 impl Redis {
@@ -35,9 +37,34 @@ impl Redis {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             persist,
+            tls: None,
         };
         r.launch();
         r
+    }
+
+    /// A server that also speaks TLS, with a certificate from a private test CA; returns
+    /// it with the CA's certificate.
+    fn start_tls() -> (Redis, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, _, _) = test_ca(dir.path());
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+            persist: false,
+            tls: Some((free_port(), PathBuf::new())),
+        };
+        if let Some(tls) = r.tls.as_mut() {
+            tls.1 = r.dir.path().to_path_buf();
+        }
+        r.launch();
+        (r, ca)
+    }
+
+    /// The unix socket it listens on too.
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     fn launch(&mut self) {
@@ -45,7 +72,19 @@ impl Redis {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
-            .arg(self.dir.path());
+            .arg(self.dir.path())
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700"]);
+        if let Some((port, certs)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem"));
+        }
         if self.persist {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -137,6 +176,14 @@ fn nodes(redis: &Redis, top: &str) -> [Site; 2] {
         redis.url()
     );
     [Site::with(top, &store), Site::with(top, &store)]
+}
+
+/// One node reaching the store at `url`, with `extra` lines in `[store]`.
+fn node_at(url: &str, extra: &str) -> Site {
+    Site::with(
+        "",
+        &format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"{PREFIX}\"\n{extra}"),
+    )
 }
 
 fn accepted(a: &Answer) -> bool {
@@ -703,5 +750,48 @@ fn invalid_values_in_redis_are_reset_with_a_logged_reason_and_token_lists_fail_c
     assert_eq!(
         redis.value(&tokens).expect("list")["rotations"].as_integer(),
         Some(1)
+    );
+}
+
+#[test]
+fn the_store_is_reached_over_a_unix_socket_and_over_tls_with_a_private_ca() {
+    let (redis, ca) = Redis::start_tls();
+    let Some((tls_port, _)) = redis.tls.clone() else {
+        panic!("a TLS server")
+    };
+    let over_socket = node_at(&format!("unix://{}", redis.socket().display()), "");
+    let over_tls = node_at(
+        &format!("rediss://127.0.0.1:{tls_port}/0"),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    let addr = "198.51.100.90";
+    for node in [&over_socket, &over_tls] {
+        let got = node.cgi("captcha", "GET").remote_addr(addr).run();
+        assert_eq!(got.status, 200, "{}\n{}", got.text(), got.stderr);
+    }
+    // Both reached the same server: one window, two admissions.
+    let stored = redis
+        .value(&LockKey::ratelimit(&client_key(addr)))
+        .expect("window");
+    assert_eq!(stored["captcha_get"].as_integer(), Some(2));
+
+    // Without the CA, the server's certificate is not trusted: a controlled 503, and the
+    // log says why.
+    let untrusted = node_at(&format!("rediss://127.0.0.1:{tls_port}/0"), "");
+    let refused = untrusted.cgi("captcha", "GET").remote_addr(addr).run();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.stderr.contains("shared store rediss://127.0.0.1:")
+            && refused.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+    // And TLS settings on a plain URL are a config error naming the key.
+    let wrong = node_at(&redis.url(), &format!("ca_file = \"{}\"\n", ca.display()));
+    let out = wrong.cli("captcha", &["--check"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("store.ca_file"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

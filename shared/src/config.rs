@@ -248,6 +248,7 @@ struct RawStore {
     prefix: Option<String>,
     connect_timeout_ms: Option<i64>,
     command_timeout_ms: Option<i64>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -612,7 +613,7 @@ fn parse_store(
         &[("files", false), ("redis", true)],
     )?;
     if !redis {
-        if raw.url.is_some() || raw.prefix.is_some() {
+        if raw.url.is_some() || raw.prefix.is_some() || raw.ca_file.is_some() {
             return Err(Error::config(
                 c.path,
                 "store.url",
@@ -656,7 +657,15 @@ fn parse_store(
             c.int(key, v, default, 1, 30_000)? as u64
         ))
     };
+    if raw.ca_file.is_some() && !url.starts_with("rediss://") && !url.starts_with("valkeys://") {
+        return Err(Error::config(
+            c.path,
+            "store.ca_file",
+            "only used with a rediss:// (TLS) url",
+        ));
+    }
     Ok(Backend::Redis(RedisConfig {
+        ca_file: raw.ca_file.map(std::path::PathBuf::from),
         url,
         prefix,
         connect_timeout: ms("store.connect_timeout_ms", raw.connect_timeout_ms, 250)?,

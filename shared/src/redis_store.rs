@@ -50,13 +50,21 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Parses the URL; connects on first use. `config` names the config file in errors.
     pub fn open(cfg: &RedisConfig, lock_wait: Duration, config: &Path) -> Result<RedisStore> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
-            Error::config(
-                config,
-                "store.url",
-                format!("not a Redis URL: {}", e.detail().unwrap_or("unparsable")),
-            )
-        })?;
+        let bad_url = |e: redis::RedisError| {
+            let detail = e.detail().unwrap_or("unparsable").to_string();
+            Error::config(config, "store.url", format!("not a Redis URL: {detail}"))
+        };
+        let client = match &cfg.ca_file {
+            None => redis::Client::open(cfg.url.as_str()).map_err(bad_url)?,
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| Error::io("read store.ca_file", ca, e))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(bad_url)?
+            }
+        };
         Ok(RedisStore {
             client,
             prefix: cfg.prefix.clone(),

@@ -42,6 +42,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on waiting for one answer.
     pub command_timeout: Duration,
+    /// For `rediss://`: the CA certificate (PEM) the server's certificate must chain to,
+    /// instead of the system's CA store (for a Redis with a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
