@@ -6,7 +6,7 @@
 use crate::util::smtp::{Smtp, free_port};
 use crate::util::*;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
