@@ -795,3 +795,31 @@ fn the_store_is_reached_over_a_unix_socket_and_over_tls_with_a_private_ca() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_key_that_other_writers_never_leave_alone_gives_the_lock_timeout_answer() {
+    let redis = Redis::start();
+    let [a, _] = nodes(&redis, "");
+    let addr = "198.51.100.123";
+    let key = LockKey::ratelimit(&client_key(addr));
+    let first = a.cgi("captcha", "GET").remote_addr(addr).run();
+    assert_eq!(first.status, 200, "{}", first.text());
+    // Every round, another writer touches the key between the read and the EXEC (the
+    // test build's race hook), as a storm of other nodes would.
+    let raced = a
+        .cgi("captcha", "GET")
+        .remote_addr(addr)
+        .var("FORMWARDEN_TEST_STORE_RACE", "1")
+        .run();
+    let message = assert_lock_timeout(&raced, &key);
+    assert!(raced.stderr.contains(&message), "{}", raced.stderr);
+    // Nothing was counted for it, and the same key admits at once when left alone.
+    let stored = redis.value(&key).expect("window");
+    assert_eq!(stored["captcha_get"].as_integer(), Some(1));
+    let later = a.cgi("captcha", "GET").remote_addr(addr).run();
+    assert_eq!(later.status, 200, "{}", later.text());
+    assert_eq!(
+        redis.value(&key).expect("window")["captcha_get"].as_integer(),
+        Some(2)
+    );
+}

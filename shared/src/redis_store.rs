@@ -206,7 +206,7 @@ impl RedisStore {
             loop {
                 redis::cmd("WATCH").arg(&k).exec(c)?;
                 let raw: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(c)?;
-                let (current, invalid) = match raw.map(|b| state::parse::<T>(&b, now)) {
+                let (current, invalid) = match raw.clone().map(|b| state::parse::<T>(&b, now)) {
                     None | Some(Loaded::Missing) => (None, false),
                     Some(Loaded::Valid(v)) => (Some(v), false),
                     Some(Loaded::Invalid(reason)) => {
@@ -241,6 +241,7 @@ impl RedisStore {
                         .ignore();
                     }
                 }
+                self.race_hook(&k, raw.as_deref())?;
                 // EXEC answers nil when the watched key changed since WATCH.
                 let committed: Option<()> = tx.query(c)?;
                 if committed.is_some() {
@@ -262,6 +263,33 @@ impl RedisStore {
                 }
             }
         })
+    }
+
+    /// Test builds only (feature `test-hooks`, env `FORMWARDEN_TEST_STORE_RACE`): another
+    /// writer rewrites the key with the value just read, between the read and the `EXEC`,
+    /// in every round, as a storm of other nodes would; the value stays the same, but the
+    /// `WATCH` sees a write, so every round is refused and the lock-wait bound is what
+    /// ends the operation.
+    #[cfg(feature = "test-hooks")]
+    fn race_hook(&self, key: &str, raw: Option<&[u8]>) -> Result<(), Failure> {
+        if std::env::var_os("FORMWARDEN_TEST_STORE_RACE").is_none() {
+            return Ok(());
+        }
+        let mut other = self.client.get_connection()?;
+        match raw {
+            Some(v) => redis::cmd("SET")
+                .arg(key)
+                .arg(v)
+                .arg("KEEPTTL")
+                .exec(&mut other)?,
+            None => redis::cmd("DEL").arg(key).exec(&mut other)?,
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn race_hook(&self, _: &str, _: Option<&[u8]>) -> Result<(), Failure> {
+        Ok(())
     }
 
     /// A name for `key` in serialization errors, which take a path.
