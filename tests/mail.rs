@@ -551,23 +551,24 @@ fn the_mail_quota_holds_messages_back_and_never_loses_one() {
     let answers = collect(posts.iter().map(Cgi::spawn).collect());
     let sent = answers.iter().filter(|a| a.status == 200).count();
     let queued = answers.iter().filter(|a| a.status == 202).count();
-    assert_eq!(
-        (sent, queued),
-        (3, 3),
-        "{:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
-    );
-    assert_eq!(site.ls("mail-out").len(), 3);
-    assert_eq!(site.ls("spool/new").len(), 3);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    // Never more than the quota at once. Fewer is allowed: on a loaded machine a post's
+    // first delivery attempt can find the quota's lock busy past its bound and leave the
+    // message for the retry run (seen once in CI as 2 sent, 4 queued), which is what the
+    // retry below must then make up for.
+    assert!(sent <= 3, "{statuses:?}");
+    assert_eq!(sent + queued, 6, "every post saved: {statuses:?}");
+    assert_eq!(site.ls("mail-out").len(), sent);
+    assert_eq!(site.ls("spool/new").len(), queued);
     let out = site.cli("spool", &["retry"]);
     assert!(
         out.status.success(),
         "waiting for the quota is not a failure"
     );
     assert_eq!(
-        site.ls("mail-out").len(),
-        3,
-        "nothing more in the same hour"
+        (site.ls("mail-out").len(), site.ls("spool/new").len()),
+        (3, 3),
+        "the quota filled and nothing more in the same hour"
     );
 
     site.advance_clock(3601);
