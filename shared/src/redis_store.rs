@@ -174,12 +174,7 @@ impl RedisStore {
     pub fn put<T: Serialize>(&self, key: &LockKey, value: &T, expiry: Expiry) -> Result<()> {
         let k = self.key_of(key);
         let text = state::to_text(&self.virtual_path(&k), value)?;
-        self.with_conn(|c| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&k).arg(text);
-            with_expiry(&mut cmd, expiry);
-            Ok(cmd.exec(c)?)
-        })
+        self.with_conn(|c| Ok(set(&k, text, expiry).exec(c)?))
     }
 
     /// The atomic read-decide-write of `key`: `decide` gets the current value (`None` when
@@ -310,18 +305,12 @@ impl RedisStore {
             }
             Change::Put(value, expiry) => {
                 let text = state::to_text(step.path, value).map_err(Failure::Ours)?;
-                let cmd = tx.cmd("SET").arg(k).arg(text);
                 // A value that failed validation has no TTL worth keeping.
                 let expiry = match expiry {
                     Expiry::Unchanged if invalid => Expiry::Never,
                     e => *e,
                 };
-                match expiry {
-                    Expiry::After(s) => cmd.arg("EX").arg(s.max(1)),
-                    Expiry::Unchanged => cmd.arg("KEEPTTL"),
-                    Expiry::Never => cmd,
-                }
-                .ignore();
+                tx.add_command(set(k, text, expiry)).ignore();
             }
         }
         self.race_hook(k, raw.as_deref())?;
@@ -331,10 +320,10 @@ impl RedisStore {
     }
 
     /// Takes `lock` for this process, waiting for releases until the wait that began at
-    /// `start` is over; `Ok(None)` when it stayed held. (Polling every few milliseconds
-    /// instead left 60 to 86 of 320 requests of a 64-process burst without the lock.) The lock expires by itself
-    /// after the wait plus one command timeout, so a holder killed with it costs the
-    /// others one wait at most.
+    /// `start` is over; `Ok(None)` when it stayed held. The lock expires by itself after
+    /// the wait plus one command timeout, so a holder killed with it costs the others one
+    /// wait at most. (Polling every few milliseconds instead of waiting for a release left
+    /// 60 to 86 of 320 requests of a 64-process burst without the lock.)
     fn take_lock(
         &self,
         c: &mut redis::Connection,
@@ -404,7 +393,10 @@ impl RedisStore {
     }
 }
 
-fn with_expiry(cmd: &mut redis::Cmd, expiry: Expiry) {
+/// `SET key text` with the TTL `expiry` asks for.
+fn set(key: &str, text: String, expiry: Expiry) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(text);
     match expiry {
         Expiry::After(s) => {
             cmd.arg("EX").arg(s.max(1));
@@ -414,6 +406,7 @@ fn with_expiry(cmd: &mut redis::Cmd, expiry: Expiry) {
         }
         Expiry::Never => {}
     }
+    cmd
 }
 
 /// One round's key, lock and context (see [`RedisStore::update`]).
