@@ -1,6 +1,6 @@
 //! `preview`: README command #1. Serves `deploy/site/` on 127.0.0.1 and runs the real
-//! executables next to this one as CGI processes; all logic is in `formwarden::preview`.
-use formwarden::preview::{self, PreviewConfig};
+//! executables next to this one as CGI processes; all logic is in the `formwarden-preview` crate (`preview/`).
+use formwarden_preview::{self as preview, PreviewConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;

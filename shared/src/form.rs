@@ -3,6 +3,7 @@
 //! email, subject) must not contain line breaks of any kind or other control characters;
 //! that is what keeps header injection out of the mail. This module never touches state.
 
+use percent_encoding::percent_decode_str;
 use std::collections::BTreeMap;
 
 /// Field limits (characters).
@@ -59,25 +60,14 @@ pub type Fields = BTreeMap<String, String>;
 /// send).
 pub fn parse_urlencoded(body: &[u8]) -> Result<Fields, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the form body is not UTF-8".to_string())?;
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let ok = bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-            if !ok {
-                return Err(format!("bad percent-escape at byte {i}"));
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
+    if let Err(at) = escapes_well_formed(text) {
+        return Err(format!("bad percent-escape at byte {at}"));
     }
     // Escapes are well-formed; decoded bytes must still be UTF-8, which serde_urlencoded
-    // would paper over with U+FFFD, so we decode each piece ourselves first.
+    // would paper over with U+FFFD, so each piece is decoded on its own first. A `+` (a
+    // space in form encoding) is left as it is: it cannot change whether the bytes are UTF-8.
     for piece in text.split('&').flat_map(|kv| kv.splitn(2, '=')) {
-        let raw = percent_decode(piece);
-        if std::str::from_utf8(&raw).is_err() {
+        if percent_decode_str(piece).decode_utf8().is_err() {
             return Err("a form value is not UTF-8 after decoding".into());
         }
     }
@@ -92,29 +82,32 @@ pub fn parse_urlencoded(body: &[u8]) -> Result<Fields, String> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
+/// Checks that every `%` in `s` starts a `%XX` escape of two hex digits; the error is the
+/// byte offset of the first one that does not. Decoders (`form_urlencoded`, the
+/// `percent-encoding` crate) pass a malformed escape through as text, which would let
+/// `%2` or `%zz` slip past checks made on the decoded value, so callers scan first.
+pub fn escapes_well_formed(s: &str) -> std::result::Result<(), usize> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hi = (b[i + 1] as char).to_digit(16).unwrap_or(0);
-                let lo = (b[i + 2] as char).to_digit(16).unwrap_or(0);
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
+        if b[i] == b'%' {
+            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return Err(i);
             }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+            i += 3;
+        } else {
+            i += 1;
         }
     }
-    out
+    Ok(())
+}
+
+/// Decodes the `%XX` escapes of a URL path; `None` for a malformed escape. A `+` stays a
+/// `+`: only form bodies spell a space that way.
+pub fn percent_decode_strict(s: &str) -> Option<Vec<u8>> {
+    escapes_well_formed(s).ok()?;
+    Some(percent_decode_str(s).collect())
 }
 
 /// True for every character that ends a line somewhere: CR, LF, NEL, LS, PS, VT, FF.
@@ -241,6 +234,23 @@ pub fn validate(fields: &Fields) -> Result<Contact, Vec<FieldError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        // A malformed escape is an error, not a literal, so it cannot slip past the checks.
+        assert_eq!(percent_decode_strict("/a%2Fb%2e"), Some(b"/a/b.".to_vec()));
+        assert_eq!(percent_decode_strict("%"), None);
+        assert_eq!(percent_decode_strict("%4"), None);
+        assert_eq!(percent_decode_strict("%g0"), None);
+        assert_eq!(percent_decode_strict("a+b"), Some(b"a+b".to_vec()));
+    }
+
+    #[test]
+    fn escape_scan_names_the_first_bad_escape() {
+        assert_eq!(escapes_well_formed("a%20b%2"), Err(5));
+        assert_eq!(escapes_well_formed("%%41"), Err(0));
+        assert_eq!(escapes_well_formed("a%41%42"), Ok(()));
+    }
 
     fn fields(pairs: &[(&str, &str)]) -> Fields {
         pairs

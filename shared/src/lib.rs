@@ -24,7 +24,6 @@ pub mod lock;
 pub mod mail;
 pub mod net;
 pub mod pages;
-pub mod preview;
 pub mod quota;
 pub mod random;
 pub mod ratelimit;
