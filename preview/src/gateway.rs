@@ -7,7 +7,7 @@
 
 use crate::reply::{Reply, reason};
 use crate::request::RequestHead;
-use crate::{CGI_NAMES, CGI_TIMEOUT, MAX_CGI_OUTPUT, SERVER_SOFTWARE, Site};
+use crate::{CGI_NAMES, CGI_TIMEOUT, MAX_CGI_OUTPUT, SERVER_SOFTWARE, ServedSite};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ pub(crate) struct CgiRequest<'a> {
 
 /// The CGI meta-variables (RFC 3875 section 4.1) plus `FORMWARDEN_ROOT`; with `PATH` this is
 /// the child's whole environment.
-fn cgi_env(site: &Site, req: &CgiRequest<'_>) -> Vec<(String, OsString)> {
+fn cgi_env(site: &ServedSite, req: &CgiRequest<'_>) -> Vec<(String, OsString)> {
     let head = req.head;
     let mut env: Vec<(String, OsString)> = Vec::new();
     let mut set = |k: &str, v: &str| env.push((k.to_string(), v.into()));
@@ -146,7 +146,7 @@ fn server_name(host: Option<&str>, local: SocketAddr) -> String {
 }
 
 /// Runs one executable for one request and turns its output into the answer.
-pub(crate) fn run_cgi(site: &Site, req: &CgiRequest<'_>, body: Vec<u8>) -> Reply {
+pub(crate) fn run_cgi(site: &ServedSite, req: &CgiRequest<'_>, body: Vec<u8>) -> Reply {
     let program = site.cgi_dir.join(req.name);
     let mut command = Command::new(&program);
     command
@@ -458,8 +458,8 @@ mod tests {
         assert_eq!(decode_path_info("/a%zz"), None);
     }
 
-    fn test_site() -> Site {
-        Site {
+    fn test_site() -> ServedSite {
+        ServedSite {
             site_dir: "/srv/site".into(),
             cgi_dir: "/srv/cgi".into(),
             runtime_root: "/srv/root".into(),

@@ -27,7 +27,7 @@ mod request;
 
 use gateway::{CgiRequest, cgi_route, decode_path_info, run_cgi};
 use reply::Reply;
-use request::{Early, RequestHead, read_body, read_request, read_until};
+use request::{NoRequest, RequestHead, read_body, read_request, read_until};
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -117,12 +117,12 @@ impl PreviewConfig {
 #[derive(Debug)]
 pub struct Preview {
     listener: TcpListener,
-    site: Arc<Site>,
+    site: Arc<ServedSite>,
 }
 
 /// What every connection thread needs, resolved once at bind time.
 #[derive(Debug)]
-struct Site {
+struct ServedSite {
     /// Canonical, so that a resolved file can be checked to lie inside it by prefix.
     site_dir: PathBuf,
     /// Absolute, because CGI processes run with `cgi_dir` as their working directory.
@@ -161,7 +161,7 @@ pub fn bind(cfg: PreviewConfig) -> io::Result<Preview> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
     Ok(Preview {
         listener,
-        site: Arc::new(Site {
+        site: Arc::new(ServedSite {
             site_dir,
             cgi_dir,
             runtime_root,
@@ -223,10 +223,10 @@ impl Preview {
 }
 
 /// One of the [`MAX_CONNECTIONS`] connection slots; freed on drop.
-struct ConnectionSlot(Arc<Site>);
+struct ConnectionSlot(Arc<ServedSite>);
 
 impl ConnectionSlot {
-    fn take(site: &Arc<Site>) -> Option<ConnectionSlot> {
+    fn take(site: &Arc<ServedSite>) -> Option<ConnectionSlot> {
         let before = site.active.fetch_add(1, Ordering::SeqCst);
         if before >= MAX_CONNECTIONS {
             site.active.fetch_sub(1, Ordering::SeqCst);
@@ -252,15 +252,15 @@ fn refuse_busy(mut stream: TcpStream) {
     eprintln!("preview: - - 503 0ms (too many connections)");
 }
 
-fn handle_connection(site: &Site, mut stream: TcpStream, peer: SocketAddr) {
+fn handle_connection(site: &ServedSite, mut stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let deadline = started + READ_DEADLINE;
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
 
     let (label, response, head_only, drain) = match read_request(&mut stream, deadline) {
-        Err(Early::Gone) => return,
-        Err(Early::Answer(status, label)) => (label, Reply::error(status), false, true),
+        Err(NoRequest::Gone) => return,
+        Err(NoRequest::Answer(status, label)) => (label, Reply::error(status), false, true),
         Ok((head, leftover)) => {
             let label = (head.method.clone(), head.path().to_string());
             let head_only = head.method == "HEAD";
@@ -283,7 +283,7 @@ fn handle_connection(site: &Site, mut stream: TcpStream, peer: SocketAddr) {
 
 /// Routes a parsed request; the flag says whether unread request bytes may remain.
 fn answer(
-    site: &Site,
+    site: &ServedSite,
     stream: &mut TcpStream,
     head: &RequestHead,
     leftover: Vec<u8>,

@@ -16,7 +16,7 @@ use std::time::Instant;
 const MAX_HEADERS: usize = 64;
 
 /// Why a connection ends before a request was parsed.
-pub(crate) enum Early {
+pub(crate) enum NoRequest {
     /// The client closed or went quiet before sending anything worth answering.
     Gone,
     /// The request is refused with this status; the label is what the log line shows.
@@ -27,26 +27,26 @@ pub(crate) enum Early {
 pub(crate) fn read_request(
     stream: &mut TcpStream,
     deadline: Instant,
-) -> Result<(RequestHead, Vec<u8>), Early> {
+) -> Result<(RequestHead, Vec<u8>), NoRequest> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
         match parse_head(&buf) {
             Ok(Some((head, end))) => return Ok((head, buf[end..].to_vec())),
             Ok(None) if buf.len() < MAX_HEAD => {}
-            Ok(None) => return Err(Early::Answer(431, log_label(&buf))),
-            Err(status) => return Err(Early::Answer(status, log_label(&buf))),
+            Ok(None) => return Err(NoRequest::Answer(431, log_label(&buf))),
+            Err(status) => return Err(NoRequest::Answer(status, log_label(&buf))),
         }
         match read_until(stream, &mut chunk, deadline) {
-            Ok(0) if buf.is_empty() => return Err(Early::Gone),
-            Ok(0) => return Err(Early::Answer(400, log_label(&buf))),
+            Ok(0) if buf.is_empty() => return Err(NoRequest::Gone),
+            Ok(0) => return Err(NoRequest::Answer(400, log_label(&buf))),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             // A browser's speculative connection that never sends anything is not an error
             // worth a log line; a request cut off half-way is.
             Err(e) if e.kind() == io::ErrorKind::TimedOut && !buf.is_empty() => {
-                return Err(Early::Answer(408, log_label(&buf)));
+                return Err(NoRequest::Answer(408, log_label(&buf)));
             }
-            Err(_) => return Err(Early::Gone),
+            Err(_) => return Err(NoRequest::Gone),
         }
     }
 }

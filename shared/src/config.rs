@@ -927,8 +927,7 @@ fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig>
     let mut profiles = BTreeMap::new();
     for (name, p) in raw.profiles.unwrap_or_default() {
         let key = format!("tokens.profiles.{name}");
-        crate::tokens::check_profile_name(&name)
-            .map_err(|m| Error::config(c.path, key.clone(), m))?;
+        check_profile_name(&name).map_err(|m| Error::config(c.path, key.clone(), m))?;
         let lifetime = c.int(
             &format!("{key}.lifetime_seconds"),
             p.lifetime_seconds,
@@ -953,7 +952,7 @@ fn parse_tokens(c: &Checker<'_>, raw: Option<RawTokens>) -> Result<TokensConfig>
         );
     }
     let admin_profile = c.text("tokens.admin_profile", raw.admin_profile, "admin", 32)?;
-    crate::tokens::check_profile_name(&admin_profile)
+    check_profile_name(&admin_profile)
         .map_err(|m| Error::config(c.path, "tokens.admin_profile", m))?;
     let bootstrap_sha256 = match raw.bootstrap_sha256 {
         None => None,
@@ -997,6 +996,24 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 fn unknown_key(message: &str) -> Option<String> {
     let rest = message.split_once("unknown field `")?.1;
     Some(rest.split_once('`')?.0.to_string())
+}
+
+/// Checks a token profile name (the config's `[tokens.profiles.NAME]`, and every name a
+/// request or command line gives): 1 to 32 of `[a-z0-9_-]`, starting with a letter or digit.
+pub fn check_profile_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "profile name {name:?} must be 1 to 32 characters of a-z, 0-9, _ and -, starting with a letter or digit"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ pub fn retry(app: &App, now: u64) -> Result<RetryReport> {
 const STEP_LOOKS: usize = 16;
 
 /// One bounded retry step, for hosts without cron: run by a visitor's request after its
-/// answer is complete (`run::after_answer`), so the visitor never waits for it. At most
+/// answer is complete (`handler::after_answer`), so the visitor never waits for it. At most
 /// one step runs at a time (the `retry_step` key, taken without waiting), it looks at no
 /// more than [`STEP_LOOKS`] messages and sends at most one, under that message's claim
 /// lock like every delivery. `None`: another step runs, or nothing is spooled.

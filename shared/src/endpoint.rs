@@ -23,9 +23,6 @@ use std::io::Read;
 /// Name of the cookie that carries the challenge id to a plain HTML form.
 pub const CAPTCHA_COOKIE: &str = "fw_captcha";
 
-/// The field and value of the no-script "Show a new image" button (see `pages`).
-pub const NEW_IMAGE_ACTION: (&str, &str) = ("fw_action", "new_image");
-
 fn ctx_for(req: &Request, app: Option<&App>, own: &str) -> PageCtx {
     let language = app.map_or(Language::Auto, |a| a.config.language);
     let lang = Lang::choose(language, req);
@@ -155,7 +152,7 @@ fn rate_limited(ctx: &PageCtx, retry_after: u64, form: Option<&Fields>) -> Respo
 }
 
 /// Answers HEAD exactly like GET (the same work, status and headers), without the body.
-fn head_like_get(req: Request, body: &mut dyn Read, f: crate::run::Handler) -> Response {
+fn head_like_get(req: Request, body: &mut dyn Read, f: crate::handler::Handler) -> Response {
     let head = req.method() == "HEAD";
     let resp = f(req, body);
     if head { resp.into_head() } else { resp }
@@ -450,7 +447,8 @@ fn check_fields(fields: Fields, app: &App, ctx: &PageCtx) -> Result<Submission, 
     refill.remove("pow");
     // "Show a new image" on the page without script posts the form back, so that nothing
     // typed is lost: the same form, filled in, with a fresh picture. Nothing else happens.
-    if fields.get(NEW_IMAGE_ACTION.0).map(String::as_str) == Some(NEW_IMAGE_ACTION.1) {
+    if fields.get(pages::NEW_IMAGE_ACTION.0).map(String::as_str) == Some(pages::NEW_IMAGE_ACTION.1)
+    {
         return Err(Response::html(
             200,
             pages::form_html(ctx, &[], &[], &refill),
@@ -701,7 +699,7 @@ fn retry_after_answer(app: &App) {
         return;
     }
     let app = app.clone();
-    crate::run::after_answer(move || match crate::delivery::retry_step(&app, now()) {
+    crate::handler::after_answer(move || match crate::delivery::retry_step(&app, now()) {
         Ok(Some(r)) if r.delivered + r.deferred + r.failed > 0 => {
             tracing::info!(?r, "retry step after the answer");
         }

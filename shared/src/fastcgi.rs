@@ -16,7 +16,7 @@
 //! separate CGI processes do. It never multiplexes requests on one connection.
 
 use crate::cgi::{Request, Response};
-use crate::run::Handler;
+use crate::handler::Handler;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
@@ -64,9 +64,9 @@ const UNKNOWN_ROLE: u8 = 3;
 /// handlers (TOML parsing, PNG rendering) use.
 const CONN_STACK: usize = 2 * 1024 * 1024;
 
-/// The bounds a responder keeps. [`Limits::default`] is what the executables use.
+/// The bounds a responder keeps. [`ResponderLimits::default`] is what the executables use.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct ResponderLimits {
     /// Connections served at once, one thread each. When all are taken the next connection
     /// waits (in the listen backlog or in the accept loop), and a connection that has been
     /// waiting for a request for a while (kept open by the web server, or silent) is closed
@@ -93,9 +93,9 @@ pub struct Limits {
     pub max_stray_records: usize,
 }
 
-impl Default for Limits {
+impl Default for ResponderLimits {
     fn default() -> Self {
-        Limits {
+        ResponderLimits {
             max_conns: 32,
             max_params_bytes: 64 * 1024,
             max_stdin_bytes: 2 * 1024 * 1024,
@@ -204,7 +204,7 @@ fn take_stdin_listener() -> io::Result<Listener> {
 /// Serves FastCGI on the listening socket on fd 0 until accepting fails for good (the
 /// socket was closed under us). Call it only when [`stdin_is_listener`] said yes; it returns
 /// an error at once otherwise.
-pub fn serve_stdin(handler: Handler, limits: &Limits) -> io::Result<()> {
+pub fn serve_stdin(handler: Handler, limits: &ResponderLimits) -> io::Result<()> {
     let listener = take_stdin_listener()?;
     let allowed = web_server_addrs(std::env::var(WEB_SERVER_ADDRS_ENV).ok().as_deref());
     serve(&listener, handler, limits, allowed.as_deref())
@@ -229,7 +229,7 @@ fn web_server_addrs(raw: Option<&str>) -> Option<Vec<IpAddr>> {
 fn serve(
     listener: &Listener,
     handler: Handler,
-    limits: &Limits,
+    limits: &ResponderLimits,
     allowed: Option<&[IpAddr]>,
 ) -> io::Result<()> {
     // A process manager may hand us a non-blocking socket; the accept loop wants to block.
@@ -313,7 +313,7 @@ const WORKER_IDLE: Duration = Duration::from_secs(60);
 /// connection never queues behind another one.
 struct Workers {
     handler: Handler,
-    limits: Limits,
+    limits: ResponderLimits,
     state: Mutex<WorkerState>,
     ready: Condvar,
 }
@@ -326,7 +326,7 @@ struct WorkerState {
 }
 
 impl Workers {
-    fn new(handler: Handler, limits: Limits) -> Arc<Workers> {
+    fn new(handler: Handler, limits: ResponderLimits) -> Arc<Workers> {
         Arc::new(Workers {
             handler,
             limits,
@@ -401,7 +401,7 @@ impl Workers {
 /// code that cannot panic on input. Returns false after a
 /// panic: the worker then ends, so a thread-local left half-done by the panic (the atomic
 /// writer's deferred folder syncs) is never seen by another request.
-fn run_connection(job: Job, handler: Handler, limits: &Limits) -> bool {
+fn run_connection(job: Job, handler: Handler, limits: &ResponderLimits) -> bool {
     let Job { stream, slot } = job;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         serve_connection(stream, handler, limits, &slot)
@@ -511,7 +511,7 @@ struct DeadlineStream {
 }
 
 impl DeadlineStream {
-    fn new(stream: Stream, limits: &Limits) -> io::Result<DeadlineStream> {
+    fn new(stream: Stream, limits: &ResponderLimits) -> io::Result<DeadlineStream> {
         stream.set_write_timeout(Some(limits.write_timeout.max(Duration::from_millis(1))))?;
         let now = Instant::now();
         Ok(DeadlineStream {
@@ -710,7 +710,7 @@ fn push_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// The answer to FCGI_GET_VALUES: the variables we know, in the order asked; unknown names
 /// are left out, as the spec says.
-fn get_values_result(query: &[u8], limits: &Limits) -> Result<Vec<u8>, ConnError> {
+fn get_values_result(query: &[u8], limits: &ResponderLimits) -> Result<Vec<u8>, ConnError> {
     let asked = parse_pairs(query).map_err(|_| ConnError::Malformed("bad FCGI_GET_VALUES"))?;
     let conns = limits.max_conns.to_string();
     let mut out = Vec::new();
@@ -730,10 +730,10 @@ fn get_values_result(query: &[u8], limits: &Limits) -> Result<Vec<u8>, ConnError
 }
 
 /// One connection: its reader and its place among the slots.
-struct Conn<'a> {
+struct ConnReader<'a> {
     r: BufReader<DeadlineStream>,
     content: Vec<u8>,
-    limits: &'a Limits,
+    limits: &'a ResponderLimits,
     /// Records since the last request began that started nothing.
     strays: usize,
 }
@@ -759,7 +759,7 @@ enum Incoming {
     },
 }
 
-impl Conn<'_> {
+impl ConnReader<'_> {
     fn write_now(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let wire = self.r.get_mut();
         wire.write_deadline = Instant::now() + self.limits.write_timeout;
@@ -983,11 +983,11 @@ impl Read for Body {
 fn serve_connection(
     stream: Stream,
     handler: Handler,
-    limits: &Limits,
+    limits: &ResponderLimits,
     slot: &Arc<Slot>,
 ) -> Result<(), ConnError> {
     let wire = DeadlineStream::new(stream, limits)?;
-    let mut conn = Conn {
+    let mut conn = ConnReader {
         r: BufReader::with_capacity(16 * 1024, wire),
         content: Vec::new(),
         limits,
@@ -1050,7 +1050,7 @@ fn serve_connection(
                     return Err(ConnError::Io(timed_out("request")));
                 }
                 conn.answer(b.id, &resp.to_cgi())?;
-                crate::run::run_after_answer();
+                crate::handler::run_after_answer();
             }
         }
         if !b.keep_conn {
@@ -1208,7 +1208,7 @@ struct Watched {
 
 /// The responder's one watchdog thread and the requests it watches. A request that is still
 /// running when it overran its deadline by the grace period (see `deadline`) gets
-/// `run::overrun_response` written for it, its connection is closed and its place among
+/// `handler::overrun_response` written for it, its connection is closed and its place among
 /// the slots is freed, so the responder goes on serving others while that thread stays
 /// stuck in its call. Every bounded step of a request ends at its deadline, so this only
 /// fires for a call without a timeout of its own.
@@ -1285,7 +1285,10 @@ impl Watchdog {
             saved,
             "a FastCGI request overran its deadline; answered for it and closed its connection"
         );
-        let out = answer_records(w.request_id, &crate::run::overrun_response(saved).to_cgi());
+        let out = answer_records(
+            w.request_id,
+            &crate::handler::overrun_response(saved).to_cgi(),
+        );
         let mut stream = w.stream;
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = stream.write_all(&out);
@@ -1304,7 +1307,7 @@ impl Watch {
     /// Registers the request on `conn` with the watchdog; `None` without a watchdog or
     /// when the socket cannot be shared with it.
     fn start(
-        conn: &Conn<'_>,
+        conn: &ConnReader<'_>,
         request_id: u16,
         slot: &Arc<Slot>,
         deadline: &crate::deadline::Guard,
@@ -1501,7 +1504,7 @@ mod tests {
 
     fn start(
         handler: Handler,
-        limits: Limits,
+        limits: ResponderLimits,
     ) -> (UnixStream, thread::JoinHandle<Result<(), ConnError>>) {
         let (client, server) = UnixStream::pair().expect("pair");
         client
@@ -1572,7 +1575,7 @@ mod tests {
 
     #[test]
     fn each_request_on_a_kept_connection_gets_only_its_own_variables() {
-        let (mut c, t) = start(echo, Limits::default());
+        let (mut c, t) = start(echo, ResponderLimits::default());
         c.write_all(&request(
             1,
             &[("FORMWARDEN_ROOT", "/a"), ("REMOTE_ADDR", "192.0.2.1")],
@@ -1599,7 +1602,7 @@ mod tests {
 
     #[test]
     fn management_records_multiplexing_roles_and_aborts() {
-        let (mut c, t) = start(echo, Limits::default());
+        let (mut c, t) = start(echo, ResponderLimits::default());
         // FCGI_GET_VALUES, with a name we do not know.
         let mut q = Vec::new();
         for n in [
@@ -1654,10 +1657,10 @@ mod tests {
 
     #[test]
     fn oversized_params_get_a_400_and_oversized_stdin_is_bounded() {
-        let limits = Limits {
+        let limits = ResponderLimits {
             max_params_bytes: 100,
             max_stdin_bytes: 10,
-            ..Limits::default()
+            ..ResponderLimits::default()
         };
         let (mut c, t) = start(echo, limits);
         let long = "v".repeat(200);
@@ -1676,7 +1679,7 @@ mod tests {
 
     #[test]
     fn long_answers_arrive_whole() {
-        let (mut c, t) = start(big, Limits::default());
+        let (mut c, t) = start(big, ResponderLimits::default());
         c.write_all(&request(1, &[], b"", false)).expect("send");
         let (out, _, _) = reply(&mut c);
         assert_eq!(body_of(&out).len(), 200_000);
@@ -1702,7 +1705,7 @@ mod tests {
             vec![1, PARAMS, 0, 1, 0xff, 0xff, 0, 0, 1, 2, 3],
         ];
         for case in cases {
-            let (mut c, t) = start(echo, Limits::default());
+            let (mut c, t) = start(echo, ResponderLimits::default());
             c.write_all(&case).expect("send");
             let _ = c.shutdown(Shutdown::Write);
             let mut rest = Vec::new();
@@ -1716,11 +1719,11 @@ mod tests {
 
     #[test]
     fn a_stalled_peer_is_cut_off_by_the_deadline() {
-        let limits = Limits {
+        let limits = ResponderLimits {
             read_timeout: Duration::from_millis(100),
             idle_timeout: Duration::from_millis(300),
             request_deadline: Duration::from_millis(300),
-            ..Limits::default()
+            ..ResponderLimits::default()
         };
         let (mut c, t) = start(echo, limits);
         let started = Instant::now();
@@ -1743,9 +1746,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sock");
         let listener = UnixListener::bind(&path).expect("bind");
-        let limits = Limits {
+        let limits = ResponderLimits {
             max_conns: 2,
-            ..Limits::default()
+            ..ResponderLimits::default()
         };
         thread::spawn(move || serve(&Listener::Unix(listener), echo, &limits, None));
         // Two connections that each finish a request and stay open.
@@ -1782,7 +1785,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sock");
         let listener = UnixListener::bind(&path).expect("bind");
-        thread::spawn(move || serve(&Listener::Unix(listener), moody, &Limits::default(), None));
+        thread::spawn(move || {
+            serve(
+                &Listener::Unix(listener),
+                moody,
+                &ResponderLimits::default(),
+                None,
+            )
+        });
         for round in 0..3 {
             let mut c = UnixStream::connect(&path).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(10)))

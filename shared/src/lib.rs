@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fastcgi;
 pub mod form;
+pub mod handler;
 pub mod json;
 pub mod layout;
 pub mod lock;

@@ -9,6 +9,10 @@ use crate::config::Language;
 use crate::form::{FieldError, Fields, Problem};
 use crate::json::Json;
 
+/// The field and value of the no-script "Show a new image" button: the page writes it,
+/// the contact endpoint recognises it.
+pub const NEW_IMAGE_ACTION: (&str, &str) = ("fw_action", "new_image");
+
 /// The language of one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -525,8 +529,8 @@ pub fn form_html(
         listen = escape(text(l, Msg::Listen)),
         listen_link = escape(text(l, Msg::ListenLink)),
         cannot = escape(text(l, Msg::CannotRead)),
-        action = crate::endpoint::NEW_IMAGE_ACTION.0,
-        action_value = crate::endpoint::NEW_IMAGE_ACTION.1,
+        action = NEW_IMAGE_ACTION.0,
+        action_value = NEW_IMAGE_ACTION.1,
         new = escape(text(l, Msg::NewImage)),
         label = escape(text(l, Msg::Captcha)),
         inv = invalid("captcha"),

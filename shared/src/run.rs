@@ -5,7 +5,8 @@
 //! lines and behaves the same way under every web server. It never reads or writes state
 //! itself; what a request gets is the endpoint's decision.
 
-use crate::cgi::{Request, Response};
+use crate::cgi::Request;
+use crate::handler::Handler;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,35 +50,6 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// The answer for a request that overran its deadline (see `deadline`), given by a
-/// watchdog while the request is stuck in a call without a timeout. It cannot know more
-/// than whether the message was saved, and says exactly that.
-pub fn overrun_response(saved: bool) -> Response {
-    let (status, text) = if saved {
-        (
-            202,
-            "Your message has been received and saved. It will be delivered shortly; you do not need to send it again.\n\
-             Ihre Nachricht ist angekommen und gespeichert. Sie wird in Kürze zugestellt; Sie müssen sie nicht erneut senden.\n",
-        )
-    } else {
-        (
-            503,
-            "The server took too long to answer. If you were sending a message, it was NOT received: please try again in a few minutes.\n\
-             Der Server hat zu lange gebraucht. Falls Sie eine Nachricht gesendet haben, wurde sie NICHT empfangen: bitte versuchen Sie es in einigen Minuten erneut.\n",
-        )
-    };
-    let resp = Response::bytes(
-        status,
-        "text/plain; charset=utf-8",
-        text.as_bytes().to_vec(),
-    );
-    if saved {
-        resp
-    } else {
-        resp.header("Retry-After", "60")
-    }
-}
-
 /// Starts the watchdog of a CGI process: if the request is still running when it overran
 /// its deadline by the grace period, the watchdog writes [`overrun_response`] and ends the
 /// process. State stays consistent (every write is temp file + rename, a held lock dies
@@ -106,7 +78,7 @@ fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
                     saved,
                     "the request overran its deadline; answered for it and ended the process"
                 );
-                let _ = overrun_response(saved).write_to(&mut std::io::stdout());
+                let _ = crate::handler::overrun_response(saved).write_to(&mut std::io::stdout());
                 // SAFETY: _exit(2) ends the process without running destructors, which the
                 // stuck main thread may be in the middle of; nothing is left to flush.
                 unsafe { libc::_exit(0) }
@@ -115,32 +87,6 @@ fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "no watchdog for this request");
     }
-}
-
-thread_local! {
-    /// Work to run once the answer of the request on this thread is complete.
-    static AFTER_ANSWER: std::cell::RefCell<Vec<Box<dyn FnOnce()>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `job` after this request's answer is complete: under CGI once the answer is
-/// written and stdout (and stderr, which some servers wait for too) are closed, so the
-/// visitor never waits for it; under FastCGI after the answer's records are sent. The job
-/// must bound its own work.
-pub fn after_answer(job: impl FnOnce() + 'static) {
-    AFTER_ANSWER.with(|a| a.borrow_mut().push(Box::new(job)));
-}
-
-/// Runs the jobs [`after_answer`] collected on this thread.
-pub(crate) fn run_after_answer() {
-    let jobs = AFTER_ANSWER.with(|a| std::mem::take(&mut *a.borrow_mut()));
-    for job in jobs {
-        job();
-    }
-}
-
-fn has_after_answer() -> bool {
-    AFTER_ANSWER.with(|a| !a.borrow().is_empty())
 }
 
 /// Points stdout and stderr at /dev/null: the web server then sees the end of our output
@@ -175,9 +121,6 @@ pub fn done_with_locks() {
     }
 }
 
-/// An endpoint: request in, response out.
-pub type Handler = fn(Request, &mut dyn Read) -> Response;
-
 /// Serves one CGI request from the process environment and stdin, or FastCGI requests
 /// until the listening socket goes away when fd 0 is a listening socket. Returns the exit
 /// code.
@@ -189,7 +132,10 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     if crate::fastcgi::stdin_is_listener() {
         // Under FastCGI every request brings its own variables; the process environment
         // is never read for a request.
-        return match crate::fastcgi::serve_stdin(handler, &crate::fastcgi::Limits::default()) {
+        return match crate::fastcgi::serve_stdin(
+            handler,
+            &crate::fastcgi::ResponderLimits::default(),
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(program, error = %e, "FastCGI responder stopped");
@@ -230,10 +176,10 @@ pub fn cgi_main(program: &str, handler: Handler) -> i32 {
     // the body must not make us wait for an end that never comes.
     let unread = announced.saturating_sub(input.read).min(DRAIN_LIMIT);
     let _ = std::io::copy(&mut input.by_ref().take(unread), &mut std::io::sink());
-    if written.is_ok() && has_after_answer() {
+    if written.is_ok() && crate::handler::has_after_answer() {
         drop(out);
         close_output();
-        run_after_answer();
+        crate::handler::run_after_answer();
     }
     // A client that went away closes the pipe; there is nobody left to tell, so that is
     // not an error worth a non-zero exit.

@@ -20,23 +20,6 @@ use std::path::PathBuf;
 /// Prefix of every issued token, so that one found in a log or a repository is recognisable.
 pub const TOKEN_PREFIX: &str = "fwt_";
 
-/// Checks a profile name: 1 to 32 of `[a-z0-9_-]`, starting with a letter or digit.
-pub fn check_profile_name(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "profile name {name:?} must be 1 to 32 characters of a-z, 0-9, _ and -, starting with a letter or digit"
-        ))
-    }
-}
-
 /// One stored token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +172,7 @@ impl TokenService {
 
     /// Checks `profile` and returns its settings and file.
     fn profile(&self, profile: &str) -> Result<(&TokenProfile, PathBuf)> {
-        check_profile_name(profile).map_err(|detail| Error::InvalidInput {
+        crate::config::check_profile_name(profile).map_err(|detail| Error::InvalidInput {
             what: "profile",
             detail,
         })?;
@@ -423,8 +406,8 @@ mod tests {
     #[test]
     fn hostile_profile_names_are_refused() {
         for bad in ["", "../x", "a/b", "A", "-x", "ä", &"a".repeat(33)] {
-            assert!(check_profile_name(bad).is_err(), "{bad:?}");
+            assert!(crate::config::check_profile_name(bad).is_err(), "{bad:?}");
         }
-        assert!(check_profile_name("deploy-2").is_ok());
+        assert!(crate::config::check_profile_name("deploy-2").is_ok());
     }
 }
