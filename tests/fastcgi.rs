@@ -550,3 +550,74 @@ fn throughput_over_a_unix_socket_is_reported() {
         rate(cgi)
     );
 }
+
+#[test]
+fn a_responder_keeps_its_config_until_one_of_its_files_changes() {
+    // A FastCGI responder builds its services once (no config parse, no folder creation
+    // per request) but must see an operator's FTP edit at once, a broken edit included:
+    // the broken config is reported, never papered over with the last good one.
+    let site = Site::new();
+    let captcha = Spawn::unix("captcha", site.root()).start();
+    let config = site.var("config/config.toml");
+    let good = std::fs::read_to_string(&config).expect("config");
+    let get = |addr: &str| {
+        site.cgi("captcha", "GET")
+            .remote_addr(addr)
+            .run_on(&captcha.endpoint)
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            get("198.51.100.30").status,
+            200,
+            "the generous default limit"
+        );
+    }
+
+    std::fs::write(
+        &config,
+        good.replace("captcha_max_get = 1000", "captcha_max_get = 1"),
+    )
+    .expect("edit config");
+    assert_eq!(
+        get("198.51.100.31").status,
+        200,
+        "the first image under the new limit"
+    );
+    assert_eq!(
+        get("198.51.100.31").status,
+        429,
+        "the edited limit holds at once"
+    );
+
+    std::fs::write(&config, "ip_salt = [broken").expect("break config");
+    let broken = get("198.51.100.32");
+    assert_eq!(
+        broken.status,
+        500,
+        "a broken config is reported: {}",
+        broken.text()
+    );
+    assert!(
+        !broken.text().contains(&site.root().display().to_string()),
+        "without the server's paths: {}",
+        broken.text()
+    );
+
+    std::fs::write(&config, &good).expect("restore config");
+    assert_eq!(get("198.51.100.31").status, 200, "the old limit is back");
+
+    // A list file beside the config is an input too: one grown past its size limit is
+    // reported at once, and its removal is seen at once.
+    let words = site.var("config/blocked-words.txt");
+    std::fs::write(&words, "spam\n".repeat(300_000)).expect("list file");
+    let a = get("198.51.100.33");
+    std::fs::remove_file(&words).expect("remove list file");
+    let b = get("198.51.100.33");
+    assert_eq!(
+        (a.status, b.status),
+        (500, 200),
+        "{} / {}",
+        a.text(),
+        b.text()
+    );
+}

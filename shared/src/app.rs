@@ -15,7 +15,50 @@ use crate::ratelimit::{Limits, RateLimiter};
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::tokens::TokenService;
-use std::sync::OnceLock;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How often a kept [`App`] makes sure its state folders still exist.
+pub const DIRS_RECHECK: Duration = Duration::from_secs(10);
+
+/// The `App` this process built last, and the identity of the files it was built from.
+struct Kept {
+    app: App,
+    stamps: Vec<Option<FileStamp>>,
+    dirs_checked: Instant,
+}
+
+static CACHE: Mutex<Option<Kept>> = Mutex::new(None);
+
+/// What tells one version of a file from another without reading it: device, inode, size
+/// and both change times to the nanosecond. An FTP upload replaces or truncates the file,
+/// which changes at least one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The stamp of each file, `None` for one that is absent (or cannot be looked at).
+fn stamps(files: &[PathBuf]) -> Vec<Option<FileStamp>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f).ok().map(|m| FileStamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            })
+        })
+        .collect()
+}
 
 /// Everything an endpoint needs.
 #[derive(Debug, Clone)]
@@ -114,8 +157,39 @@ impl App {
     /// the life of the process. A request can never choose it: under CGI the web server
     /// builds the process environment from its own config, and under FastCGI the request
     /// parameters (which any peer of the socket writes) are never consulted.
+    ///
+    /// A process that serves many requests (a FastCGI responder) builds its `App` once and
+    /// hands out copies: the config is parsed again only when one of its files changed (a
+    /// `stat` of each per request, see [`Config::input_files`]), and the state folders are
+    /// made sure of again every [`DIRS_RECHECK`], so that an operator who deletes one over
+    /// FTP gets it back without a restart.
     pub fn discover() -> Result<App> {
-        App::open(App::discovered_layout()?)
+        let layout = App::discovered_layout()?;
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = cache.as_mut()
+            && kept.app.layout == layout
+            && kept.stamps == stamps(&kept.app.config.input_files())
+        {
+            if kept.dirs_checked.elapsed() >= DIRS_RECHECK {
+                kept.app.layout.create_state_dirs()?;
+                kept.dirs_checked = Instant::now();
+            }
+            crate::deadline::set_limit(kept.app.config.request_timeout);
+            return Ok(kept.app.clone());
+        }
+        drop(cache);
+        // Stamped before reading, so that a change made while the config is read shows as a
+        // changed stamp on the next request rather than being missed.
+        let before = stamps(&Config::files_read_for(&layout.config_file()));
+        let app = App::open(layout)?;
+        let mut stamps_now = before.to_vec();
+        stamps_now.extend(stamps(&app.config.input_files()[before.len()..]));
+        *CACHE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept {
+            app: app.clone(),
+            stamps: stamps_now,
+            dirs_checked: Instant::now(),
+        });
+        Ok(app)
     }
 
     /// [`App::discover`] without creating the state folders (see [`App::open_as_is`]).

@@ -416,6 +416,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Every file [`Config::load`] reads for the config at `path`, before knowing what it
+    /// says: the file itself and the two list files beside it.
+    pub fn files_read_for(path: &Path) -> [PathBuf; 3] {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        [
+            path.to_path_buf(),
+            dir.join(BLOCKED_WORDS_FILE),
+            dir.join(BLOCKED_DOMAINS_FILE),
+        ]
+    }
+
+    /// Every file this config was built from or makes the process read when its services
+    /// open: [`Config::files_read_for`] plus the store's CA file. A process that keeps the
+    /// config (a FastCGI responder) builds it again when any of them changes.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = Config::files_read_for(&self.path).to_vec();
+        if let crate::store::Backend::Redis(redis) = &self.store
+            && let Some(ca) = &redis.ca_file
+        {
+            files.push(ca.clone());
+        }
+        files
+    }
+
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let raw = deserialize(text, path)?;

@@ -15,7 +15,7 @@ pub const ROOT_ENV: &str = "FORMWARDEN_ROOT";
 const SEARCH_DEPTH: usize = 3;
 
 /// The runtime tree under one root.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     root: PathBuf,
 }

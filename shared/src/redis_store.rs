@@ -27,7 +27,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A connection to one Redis, made on first use and kept for the life of the process.
+/// At most this many idle connections are kept; more threads than this at once connect
+/// afresh and close again.
+const MAX_IDLE: usize = 16;
+
+/// One Redis server (and key prefix) as the store of one runtime tree; connections are
+/// made on first use and kept for the life of the process.
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
@@ -35,7 +40,10 @@ pub struct RedisStore {
     connect_timeout: Duration,
     command_timeout: Duration,
     wait: Duration,
-    conn: Mutex<Option<redis::Connection>>,
+    /// Connections not in use. A FastCGI responder keeps one store for all its worker
+    /// threads (see `App::discover`), so each operation takes a connection of its own
+    /// rather than queueing behind another thread's lock wait on a shared one.
+    idle: Mutex<Vec<redis::Connection>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -72,7 +80,7 @@ impl RedisStore {
             connect_timeout: cfg.connect_timeout,
             command_timeout: cfg.command_timeout,
             wait: lock_wait,
-            conn: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -81,39 +89,39 @@ impl RedisStore {
         format!("{}{}", self.prefix, key.as_str())
     }
 
-    /// Runs `f` on the connection, connecting first if there is none. A connection that
-    /// failed is dropped, so that the next operation starts with a fresh one.
+    /// Runs `f` on an idle connection, or on a new one when none is idle, and gives it
+    /// back afterwards. A connection that failed is dropped instead: a timed-out or broken
+    /// one may still have an answer in flight, which must not be read as the answer to the
+    /// next command.
     fn with_conn<R>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> Result<R, Failure>,
     ) -> Result<R> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            let conn = self
-                .client
-                .get_connection_with_timeout(self.connect_timeout)
-                .map_err(|e| self.error(&e, "cannot connect"))?;
-            let timeout = Some(self.command_timeout);
-            conn.set_read_timeout(timeout)
-                .and_then(|()| conn.set_write_timeout(timeout))
-                .map_err(|e| self.error(&e, "cannot set timeouts"))?;
-            *slot = Some(conn);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err(self.store_error("no connection"));
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .client
+                    .get_connection_with_timeout(self.connect_timeout)
+                    .map_err(|e| self.error(&e, "cannot connect"))?;
+                let timeout = Some(self.command_timeout);
+                conn.set_read_timeout(timeout)
+                    .and_then(|()| conn.set_write_timeout(timeout))
+                    .map_err(|e| self.error(&e, "cannot set timeouts"))?;
+                conn
+            }
         };
-        match f(conn) {
-            Ok(r) => Ok(r),
-            Err(Failure::Redis(e)) => {
-                // A timed-out or broken connection may still have an answer in flight;
-                // it must not be read as the answer to the next command.
-                *slot = None;
-                Err(self.error(&e, "failed"))
+        match f(&mut conn) {
+            Ok(r) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+                Ok(r)
             }
-            Err(Failure::Ours(e)) => {
-                *slot = None;
-                Err(e)
-            }
+            Err(Failure::Redis(e)) => Err(self.error(&e, "failed")),
+            Err(Failure::Ours(e)) => Err(e),
         }
     }
 
