@@ -7,9 +7,10 @@
 //! it never changes or reads visitors' state.
 
 use crate::app::App;
-use crate::config::{Config, Transport};
+use crate::config::Config;
 use crate::layout::Layout;
 use crate::lock::{LockKey, LockRunner};
+use crate::mail::Transport;
 use std::path::Path;
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! the process environment: under CGI that environment partly comes from the visitor.
 
 use crate::error::{Error, Result};
+use crate::mail::{MailConfig, SmtpConfig, SmtpSecurity, Transport};
 use crate::net::ProxyList;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -73,85 +74,6 @@ pub enum Language {
     En,
     /// Always German.
     De,
-}
-
-/// How and where mail goes.
-#[derive(Debug, Clone)]
-pub struct MailConfig {
-    /// The fixed `From` address.
-    pub from: String,
-    /// Recipients; only ever from here, never from the visitor.
-    pub to: Vec<String>,
-    /// Put before the visitor's subject.
-    pub subject_prefix: String,
-    /// The transport.
-    pub transport: Transport,
-    /// Delivered messages to keep in `spool/sent/` (0 deletes them after delivery).
-    pub keep_sent: usize,
-    /// Delivery attempts before a message moves to `spool/failed/`.
-    pub max_attempts: u32,
-    /// Age after which an undelivered message moves to `spool/failed/`.
-    pub max_age: Duration,
-    /// First retry delay; it doubles with every failed attempt.
-    pub retry_backoff: Duration,
-    /// After a visitor's answer is complete, try one due spooled message (delivery for
-    /// hosts without cron; see `delivery::retry_step`).
-    pub retry_after_answer: bool,
-    /// The host's outgoing quota per hour (`None`: no limit; see `quota`).
-    pub max_per_hour: Option<u32>,
-    /// The host's outgoing quota per day.
-    pub max_per_day: Option<u32>,
-}
-
-/// A mail transport.
-#[derive(Debug, Clone)]
-pub enum Transport {
-    /// Write each message as an `.eml` file into a folder.
-    File {
-        /// The folder.
-        dir: PathBuf,
-    },
-    /// Pipe each message to a sendmail-compatible program.
-    Sendmail {
-        /// The program.
-        command: PathBuf,
-        /// How long the program may run before it is killed (the message stays spooled).
-        timeout: Duration,
-    },
-    /// Speak SMTP to a server.
-    Smtp(SmtpConfig),
-}
-
-/// SMTP transport settings.
-#[derive(Debug, Clone)]
-pub struct SmtpConfig {
-    /// Server name (also used for the TLS certificate check).
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// How the connection is secured.
-    pub security: SmtpSecurity,
-    /// AUTH user name, if any.
-    pub username: Option<String>,
-    /// AUTH password, if any.
-    pub password: Option<String>,
-    /// Extra CA certificate (PEM) to trust, e.g. for a private CA.
-    pub ca_file: Option<PathBuf>,
-    /// Connect/command timeout.
-    pub timeout: Duration,
-    /// Name sent in EHLO.
-    pub hello_name: String,
-}
-
-/// SMTP connection security.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmtpSecurity {
-    /// STARTTLS required.
-    StartTls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No TLS: allowed only towards a loopback address.
-    Plain,
 }
 
 /// Spam screening settings (`[spam]`, plus `var/config/blocked-words.txt` and

@@ -28,11 +28,6 @@ pub mod pages;
 pub mod quota;
 pub mod random;
 pub mod ratelimit;
-#[cfg(feature = "redis")]
-pub mod redis_store;
-#[cfg(not(feature = "redis"))]
-#[path = "redis_absent.rs"]
-pub mod redis_store;
 pub mod run;
 pub mod screen;
 pub mod seeded;

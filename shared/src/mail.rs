@@ -5,7 +5,6 @@
 //! input can add a header or a recipient. This module never touches the spool: `delivery`
 //! decides what happens to a message after a send.
 
-use crate::config::{MailConfig, SmtpConfig, SmtpSecurity, Transport};
 use crate::spool;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
@@ -13,8 +12,90 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{SmtpTransport, Transport as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
+
+// The mail settings are defined here, next to what reads them; `config` fills them in
+// from the `[mail]` section (so `config` depends on `mail`, never the other way round).
+
+/// How and where mail goes.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// The fixed `From` address.
+    pub from: String,
+    /// Recipients; only ever from here, never from the visitor.
+    pub to: Vec<String>,
+    /// Put before the visitor's subject.
+    pub subject_prefix: String,
+    /// The transport.
+    pub transport: Transport,
+    /// Delivered messages to keep in `spool/sent/` (0 deletes them after delivery).
+    pub keep_sent: usize,
+    /// Delivery attempts before a message moves to `spool/failed/`.
+    pub max_attempts: u32,
+    /// Age after which an undelivered message moves to `spool/failed/`.
+    pub max_age: Duration,
+    /// First retry delay; it doubles with every failed attempt.
+    pub retry_backoff: Duration,
+    /// After a visitor's answer is complete, try one due spooled message (delivery for
+    /// hosts without cron; see `delivery::retry_step`).
+    pub retry_after_answer: bool,
+    /// The host's outgoing quota per hour (`None`: no limit; see `quota`).
+    pub max_per_hour: Option<u32>,
+    /// The host's outgoing quota per day.
+    pub max_per_day: Option<u32>,
+}
+
+/// A mail transport.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Write each message as an `.eml` file into a folder.
+    File {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Pipe each message to a sendmail-compatible program.
+    Sendmail {
+        /// The program.
+        command: PathBuf,
+        /// How long the program may run before it is killed (the message stays spooled).
+        timeout: Duration,
+    },
+    /// Speak SMTP to a server.
+    Smtp(SmtpConfig),
+}
+
+/// SMTP transport settings.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Server name (also used for the TLS certificate check).
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// How the connection is secured.
+    pub security: SmtpSecurity,
+    /// AUTH user name, if any.
+    pub username: Option<String>,
+    /// AUTH password, if any.
+    pub password: Option<String>,
+    /// Extra CA certificate (PEM) to trust, e.g. for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Connect/command timeout.
+    pub timeout: Duration,
+    /// Name sent in EHLO.
+    pub hello_name: String,
+}
+
+/// SMTP connection security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// STARTTLS required.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: allowed only towards a loopback address.
+    Plain,
+}
 
 /// Why a send did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +340,6 @@ fn sendmail(command: &Path, timeout: Duration, message: &Message) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Transport;
 
     fn config() -> MailConfig {
         MailConfig {

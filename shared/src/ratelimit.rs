@@ -150,7 +150,7 @@ impl RateLimiter {
     /// window ends.
     fn hit_shared(
         &self,
-        redis: &crate::redis_store::RedisStore,
+        redis: &crate::store::redis::RedisStore,
         client_key: &str,
         bucket: Bucket,
         now: u64,

@@ -1,7 +1,7 @@
 //! The storage seam: where the rate limiter, the CAPTCHA service and the token service keep
 //! their state. [`Store::Files`] is the default, one host's state files under `var/`
 //! changed under `flock`; [`Store::Redis`] is a shared Redis (or Valkey) for several web
-//! nodes behind one load balancer (the `redis` cargo feature, [`crate::redis_store`]).
+//! nodes behind one load balancer (the `redis` cargo feature, [`redis`]).
 //! Both give the services the same operations with the same guarantees: read the current
 //! value, let the service's pure decision function say what to do, and apply that
 //! atomically against every other process on every node. The names of what is serialized
@@ -11,6 +11,14 @@
 //! This module never decides anything about a value, and touches files only through
 //! `state`, `atomic` and the lock runner; the spool, the mail quota and the sweep marker stay on each node's own disk
 //! whatever the store (an accepted message must never depend on a shared store).
+
+// The Redis implementation of the seam is a child of it: it speaks the seam's `Change` and
+// `Expiry`. Without the feature, `redis_absent.rs` stands in (a type with no values).
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "store/redis_absent.rs"]
+pub mod redis;
 
 use crate::error::{Error, Result};
 use crate::lock::{LockKey, LockRunner};
@@ -94,7 +102,7 @@ pub enum Store {
     #[default]
     Files,
     /// A shared Redis.
-    Redis(Arc<crate::redis_store::RedisStore>),
+    Redis(Arc<redis::RedisStore>),
 }
 
 impl Store {
@@ -104,14 +112,14 @@ impl Store {
     pub fn open(backend: &Backend, lock_wait: Duration, config: &Path) -> Result<Store> {
         match backend {
             Backend::Files => Ok(Store::Files),
-            Backend::Redis(r) => Ok(Store::Redis(Arc::new(
-                crate::redis_store::RedisStore::open(r, lock_wait, config)?,
-            ))),
+            Backend::Redis(r) => Ok(Store::Redis(Arc::new(redis::RedisStore::open(
+                r, lock_wait, config,
+            )?))),
         }
     }
 
     /// The shared store, if this tree uses one.
-    pub fn redis(&self) -> Option<&crate::redis_store::RedisStore> {
+    pub fn redis(&self) -> Option<&redis::RedisStore> {
         match self {
             Store::Files => None,
             Store::Redis(r) => Some(r),
@@ -145,7 +153,7 @@ impl Store {
     /// the current value (`None` when there is none or when it failed validation, which
     /// is reset with a logged reason) and says what to change and what to answer. With
     /// files this runs once under the `flock` lock; with Redis it may run again on a newer
-    /// value (see [`crate::redis_store::RedisStore::update`]), so it must not have side
+    /// value (see [`redis::RedisStore::update`]), so it must not have side
     /// effects of its own.
     pub fn update<T, R>(
         &self,
