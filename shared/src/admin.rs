@@ -126,7 +126,7 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
     run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
         Some(match (arg(0), arg(1)) {
             (Some("retry"), verbose @ (None | Some("--verbose"))) => {
-                crate::delivery::retry(app, t).map(|r| {
+                crate::delivery::retry(&app.delivery(), t).map(|r| {
                     // Quiet unless something happened: cron mails whatever is printed, and
                     // a line every five minutes saying "nothing to do" buries the one that
                     // matters.
@@ -192,9 +192,9 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
             (Some(verb @ ("release" | "delete")), Some(id)) => {
                 use crate::delivery::Released;
                 let done = if verb == "release" {
-                    crate::delivery::release(app, id, t)
+                    crate::delivery::release(&app.delivery(), id, t)
                 } else {
-                    crate::delivery::delete_quarantined(app, id, t)
+                    crate::delivery::delete_quarantined(&app.delivery(), id, t)
                 };
                 done.map(|r| {
                     let (line, code) = match r {
@@ -215,10 +215,12 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                     code
                 })
             }
-            (Some("requeue"), Some(id)) => crate::delivery::requeue(app, id, t).map(|n| {
-                let _ = writeln!(out, "requeued {n} message(s)");
-                if n == 0 { 1 } else { 0 }
-            }),
+            (Some("requeue"), Some(id)) => {
+                crate::delivery::requeue(&app.delivery(), id, t).map(|n| {
+                    let _ = writeln!(out, "requeued {n} message(s)");
+                    if n == 0 { 1 } else { 0 }
+                })
+            }
             _ => return None,
         })
     })

@@ -223,6 +223,17 @@ impl App {
             .clone()
     }
 
+    /// What mail delivery works with, lent from this tree.
+    pub fn delivery(&self) -> crate::delivery::Delivery<'_> {
+        crate::delivery::Delivery {
+            locks: &self.locks,
+            spool: &self.spool,
+            quota: &self.quota,
+            mail: &self.config.mail,
+            root: self.layout.root(),
+        }
+    }
+
     /// The hashed client key of a request. The raw address never leaves this function.
     pub fn client_key(&self, req: &Request) -> String {
         let addr = self.config.trusted_proxies.client_addr(

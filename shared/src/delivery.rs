@@ -10,12 +10,32 @@
 //! the spool file: the message is then sent again by the next retry (at least once, never
 //! lost). Its `Message-ID` stays the same, so mail clients recognise the duplicate.
 
-use crate::app::App;
 use crate::error::Result;
 use crate::lock::LockKey;
-use crate::mail::{self, SendError};
+use crate::lock::LockRunner;
+use crate::mail::{self, MailConfig, SendError};
+use crate::quota::Quota;
+use crate::spool::Spool;
 use crate::spool::{Folder, Message};
+use std::path::Path;
 use std::time::Duration;
+
+/// What delivery works with: the lock runner, the spool, the host's mail quota, the mail
+/// settings and the runtime root (for a relative file-transport folder). `App::delivery`
+/// lends it; delivery needs nothing else of the runtime tree.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The one lock runner (the `spool_{id}` try-locks).
+    pub locks: &'a LockRunner,
+    /// The spool.
+    pub spool: &'a Spool,
+    /// The host's outgoing quota.
+    pub quota: &'a Quota,
+    /// `[mail]`.
+    pub mail: &'a MailConfig,
+    /// The runtime root.
+    pub root: &'a Path,
+}
 
 /// Longest wait between two attempts of one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
@@ -58,8 +78,8 @@ fn backoff(base: Duration, attempts: u32) -> Duration {
 }
 
 /// The decision policy for a message that is due: give up, or try.
-fn give_up_reason(app: &App, msg: &Message, now: u64) -> Option<String> {
-    let cfg = &app.config.mail;
+fn give_up_reason(d: &Delivery<'_>, msg: &Message, now: u64) -> Option<String> {
+    let cfg = d.mail;
     if msg.attempts >= cfg.max_attempts {
         return Some(format!(
             "{} attempts made; last error: {}",
@@ -78,11 +98,11 @@ fn give_up_reason(app: &App, msg: &Message, now: u64) -> Option<String> {
 
 /// Handles one message in `new/`: claim, re-read, decide, send, record. `due_only` makes
 /// the retry run respect the backoff; the POST's first attempt ignores it.
-fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutcome> {
-    let Some(guard) = app.locks.try_acquire(&LockKey::spool(id))? else {
+fn handle(d: &Delivery<'_>, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutcome> {
+    let Some(guard) = d.locks.try_acquire(&LockKey::spool(id))? else {
         return Ok(DeliveryOutcome::Busy);
     };
-    let spool = &app.spool;
+    let spool = &d.spool;
     let mut msg = match spool.load(Folder::New, id, now)? {
         None => {
             // Delivered (or failed) by someone else between our listing and our lock.
@@ -101,13 +121,13 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutco
     if due_only && msg.next_attempt_at > now {
         return Ok(DeliveryOutcome::Skipped);
     }
-    if let Some(reason) = give_up_reason(app, &msg, now) {
+    if let Some(reason) = give_up_reason(d, &msg, now) {
         tracing::error!(id, reason, "delivery given up: moved to failed/");
         spool.move_to(id, Folder::New, Folder::Failed)?;
         guard.release_and_unlink()?;
         return Ok(DeliveryOutcome::Failed(reason));
     }
-    if let crate::quota::Verdict::Over { free_at } = app.quota.reserve(now)? {
+    if let crate::quota::Verdict::Over { free_at } = d.quota.reserve(now)? {
         // Not an attempt: the message waits for a place under the host's quota.
         msg.next_attempt_at = free_at;
         msg.last_error = format!("waiting for the mail quota until {free_at}");
@@ -120,13 +140,12 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutco
         // Like a backoff: waiting, not a failure (cron's exit code stays 0).
         return Ok(DeliveryOutcome::Skipped);
     }
-    let result = mail::build(&app.config.mail, &msg)
-        .and_then(|m| mail::send(&app.config.mail, app.layout.root(), id, &m));
+    let result = mail::build(d.mail, &msg).and_then(|m| mail::send(d.mail, d.root, id, &m));
     match result {
         Ok(()) => {
-            if app.config.mail.keep_sent > 0 {
+            if d.mail.keep_sent > 0 {
                 spool.move_to(id, Folder::New, Folder::Sent)?;
-                spool.trim_sent(app.config.mail.keep_sent)?;
+                spool.trim_sent(d.mail.keep_sent)?;
             } else {
                 spool.remove(Folder::New, id)?;
             }
@@ -137,10 +156,9 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutco
         Err(e) => {
             msg.attempts += 1;
             msg.last_error = e.to_string();
-            msg.next_attempt_at =
-                now + backoff(app.config.mail.retry_backoff, msg.attempts).as_secs();
+            msg.next_attempt_at = now + backoff(d.mail.retry_backoff, msg.attempts).as_secs();
             let permanent = matches!(e, SendError::Permanent(_));
-            if msg.attempts >= app.config.mail.max_attempts {
+            if msg.attempts >= d.mail.max_attempts {
                 spool.update(Folder::New, &msg)?;
                 spool.move_to(id, Folder::New, Folder::Failed)?;
                 tracing::error!(id, attempts = msg.attempts, error = %e, "delivery given up: moved to failed/");
@@ -156,8 +174,8 @@ fn handle(app: &App, id: &str, now: u64, due_only: bool) -> Result<DeliveryOutco
 
 /// Tries to deliver the message the contact POST just spooled. `true` when it went out;
 /// `false` means it is safely in the spool for the retry run.
-pub fn deliver_fresh(app: &App, id: &str, now: u64) -> bool {
-    match handle(app, id, now, false) {
+pub fn deliver_fresh(d: &Delivery<'_>, id: &str, now: u64) -> bool {
+    match handle(d, id, now, false) {
         Ok(DeliveryOutcome::Delivered) => true,
         Ok(_) => false,
         Err(e) => {
@@ -169,10 +187,10 @@ pub fn deliver_fresh(app: &App, id: &str, now: u64) -> bool {
 
 /// The retry run: every due message in `new/`, oldest first. Busy messages are left to the
 /// sender that holds them.
-pub fn retry(app: &App, now: u64) -> Result<RetryReport> {
+pub fn retry(d: &Delivery<'_>, now: u64) -> Result<RetryReport> {
     let mut report = RetryReport::default();
-    for id in app.spool.ids(Folder::New)? {
-        match handle(app, &id, now, true)? {
+    for id in d.spool.ids(Folder::New)? {
+        match handle(d, &id, now, true)? {
             DeliveryOutcome::Delivered => report.delivered += 1,
             DeliveryOutcome::Deferred(_) => report.deferred += 1,
             DeliveryOutcome::Failed(_) => report.failed += 1,
@@ -192,17 +210,17 @@ const STEP_LOOKS: usize = 16;
 /// one step runs at a time (the `retry_step` key, taken without waiting), it looks at no
 /// more than [`STEP_LOOKS`] messages and sends at most one, under that message's claim
 /// lock like every delivery. `None`: another step runs, or nothing is spooled.
-pub fn retry_step(app: &App, now: u64) -> Result<Option<RetryReport>> {
-    let ids = app.spool.ids(Folder::New)?;
+pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
+    let ids = d.spool.ids(Folder::New)?;
     if ids.is_empty() {
         return Ok(None);
     }
-    let Some(_guard) = app.locks.try_acquire(&LockKey::new("retry_step"))? else {
+    let Some(_guard) = d.locks.try_acquire(&LockKey::new("retry_step"))? else {
         return Ok(None);
     };
     let mut report = RetryReport::default();
     for id in ids.iter().take(STEP_LOOKS) {
-        match handle(app, id, now, true)? {
+        match handle(d, id, now, true)? {
             DeliveryOutcome::Delivered => report.delivered += 1,
             DeliveryOutcome::Deferred(_) => report.deferred += 1,
             DeliveryOutcome::Failed(_) => report.failed += 1,
@@ -222,9 +240,9 @@ pub fn retry_step(app: &App, now: u64) -> Result<Option<RetryReport>> {
 
 /// Moves `id` (or every message with `"all"`) from `failed/` back to `new/` with fresh
 /// counters, so the next retry run tries again. Returns how many moved.
-pub fn requeue(app: &App, id: &str, now: u64) -> Result<usize> {
+pub fn requeue(d: &Delivery<'_>, id: &str, now: u64) -> Result<usize> {
     let ids = if id == "all" {
-        app.spool.ids(Folder::Failed)?
+        d.spool.ids(Folder::Failed)?
     } else {
         vec![id.to_string()]
     };
@@ -236,15 +254,15 @@ pub fn requeue(app: &App, id: &str, now: u64) -> Result<usize> {
                 detail: id,
             });
         }
-        let Some(guard) = app.locks.try_acquire(&LockKey::spool(&id))? else {
+        let Some(guard) = d.locks.try_acquire(&LockKey::spool(&id))? else {
             continue;
         };
-        if let Some(Ok(mut msg)) = app.spool.load(Folder::Failed, &id, now)? {
+        if let Some(Ok(mut msg)) = d.spool.load(Folder::Failed, &id, now)? {
             msg.attempts = 0;
             msg.next_attempt_at = now;
             msg.requeued_at = now;
-            app.spool.update(Folder::Failed, &msg)?;
-            app.spool.move_to(&id, Folder::Failed, Folder::New)?;
+            d.spool.update(Folder::Failed, &msg)?;
+            d.spool.move_to(&id, Folder::Failed, Folder::New)?;
             tracing::info!(id, "message requeued");
             moved += 1;
         }
@@ -270,20 +288,20 @@ pub enum Released {
 
 /// Releases quarantined message `id`: back into `new/` with fresh counters (the reasons
 /// stay on it for the record), then one delivery attempt at once.
-pub fn release(app: &App, id: &str, now: u64) -> Result<Released> {
-    let moved = with_quarantined(app, id, now, |msg| {
+pub fn release(d: &Delivery<'_>, id: &str, now: u64) -> Result<Released> {
+    let moved = with_quarantined(d, id, now, |msg| {
         msg.attempts = 0;
         msg.next_attempt_at = now;
         msg.requeued_at = now;
-        app.spool.update(Folder::Quarantine, msg)?;
-        app.spool.move_to(id, Folder::Quarantine, Folder::New)?;
+        d.spool.update(Folder::Quarantine, msg)?;
+        d.spool.move_to(id, Folder::Quarantine, Folder::New)?;
         tracing::info!(id, "quarantined message released");
         Ok(())
     })?;
     if moved != Released::Delivered {
         return Ok(moved);
     }
-    Ok(if deliver_fresh(app, id, now) {
+    Ok(if deliver_fresh(d, id, now) {
         Released::Delivered
     } else {
         Released::Queued
@@ -291,9 +309,9 @@ pub fn release(app: &App, id: &str, now: u64) -> Result<Released> {
 }
 
 /// Deletes quarantined message `id` (and only from the quarantine).
-pub fn delete_quarantined(app: &App, id: &str, now: u64) -> Result<Released> {
-    let done = with_quarantined(app, id, now, |_| {
-        app.spool.remove(Folder::Quarantine, id)?;
+pub fn delete_quarantined(d: &Delivery<'_>, id: &str, now: u64) -> Result<Released> {
+    let done = with_quarantined(d, id, now, |_| {
+        d.spool.remove(Folder::Quarantine, id)?;
         tracing::info!(id, "quarantined message deleted");
         Ok(())
     })?;
@@ -306,7 +324,7 @@ pub fn delete_quarantined(app: &App, id: &str, now: u64) -> Result<Released> {
 /// Runs `act` on quarantined message `id` under its spool lock. `Delivered` stands for
 /// "acted" here; the callers say what the act was.
 fn with_quarantined(
-    app: &App,
+    d: &Delivery<'_>,
     id: &str,
     now: u64,
     act: impl FnOnce(&mut crate::spool::Message) -> Result<()>,
@@ -317,10 +335,10 @@ fn with_quarantined(
             detail: id.to_string(),
         });
     }
-    let Some(guard) = app.locks.try_acquire(&LockKey::spool(id))? else {
+    let Some(guard) = d.locks.try_acquire(&LockKey::spool(id))? else {
         return Ok(Released::Busy);
     };
-    let outcome = match app.spool.load(Folder::Quarantine, id, now)? {
+    let outcome = match d.spool.load(Folder::Quarantine, id, now)? {
         Some(Ok(mut msg)) => {
             act(&mut msg)?;
             Released::Delivered

@@ -635,7 +635,7 @@ fn accept(s: Submission, issued_at: u64, app: &App, ctx: &PageCtx, t: u64) -> Re
         Err(e) => return error_response(ctx, &e, Some(&s.refill), Doing::Message),
     };
     crate::deadline::note_saved();
-    let delivered = crate::delivery::deliver_fresh(app, &msg.id, t);
+    let delivered = crate::delivery::deliver_fresh(&app.delivery(), &msg.id, t);
     retry_after_answer(app);
     success(ctx, &msg.id, delivered)
 }
@@ -699,12 +699,14 @@ fn retry_after_answer(app: &App) {
         return;
     }
     let app = app.clone();
-    crate::handler::after_answer(move || match crate::delivery::retry_step(&app, now()) {
-        Ok(Some(r)) if r.delivered + r.deferred + r.failed > 0 => {
-            tracing::info!(?r, "retry step after the answer");
+    crate::handler::after_answer(move || {
+        match crate::delivery::retry_step(&app.delivery(), now()) {
+            Ok(Some(r)) if r.delivered + r.deferred + r.failed > 0 => {
+                tracing::info!(?r, "retry step after the answer");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retry step after the answer failed"),
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "retry step after the answer failed"),
     });
 }
 
