@@ -191,45 +191,10 @@ pub(crate) fn run_cgi(site: &ServedSite, req: &CgiRequest<'_>, body: Vec<u8>) ->
         });
     }
 
-    let started = Instant::now();
-    let output = rx.recv_timeout(CGI_TIMEOUT);
-    let finished = wait_until(&mut child, started + CGI_TIMEOUT);
-    if let Some(done) = stderr_done {
-        // Waiting briefly lets the program's own log lines appear before the request's line;
-        // a grandchild still holding the pipe must not hold the request up.
-        let _ = done.recv_timeout(Duration::from_millis(500));
-    }
-    let output = match output {
-        Ok(Ok(out)) if out.len() as u64 > MAX_CGI_OUTPUT => {
-            eprintln!(
-                "preview: {} wrote more than {MAX_CGI_OUTPUT} bytes",
-                req.name
-            );
-            return Reply::error(502);
-        }
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
-            eprintln!("preview: reading the output of {} failed: {e}", req.name);
-            return Reply::error(502);
-        }
-        Err(_) => {
-            eprintln!(
-                "preview: {} did not finish within {CGI_TIMEOUT:?}; killed",
-                req.name
-            );
-            return Reply::error(504);
-        }
+    let output = match finish(req.name, &mut child, &rx, stderr_done) {
+        Ok(out) => out,
+        Err(reply) => return reply,
     };
-    match finished {
-        Some(status) if !status.success() => {
-            eprintln!("preview: {} exited with {status}", req.name);
-        }
-        Some(_) => {}
-        None => eprintln!(
-            "preview: {} closed its output but did not exit; killed",
-            req.name
-        ),
-    }
     match parse_cgi_response(&output) {
         Ok(cgi) => Reply {
             status: cgi.status,
@@ -242,6 +207,54 @@ pub(crate) fn run_cgi(site: &ServedSite, req: &CgiRequest<'_>, body: Vec<u8>) ->
             Reply::error(502)
         }
     }
+}
+
+/// Waits for the program's output and its exit, both bounded by [`CGI_TIMEOUT`]; the error
+/// is the answer owed when the output is missing, too large or late. The exit status is
+/// only logged: a program that printed a whole answer and then failed still answered.
+fn finish(
+    name: &str,
+    child: &mut Child,
+    rx: &mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    stderr_done: Option<mpsc::Receiver<()>>,
+) -> Result<Vec<u8>, Reply> {
+    let started = Instant::now();
+    let output = rx.recv_timeout(CGI_TIMEOUT);
+    let finished = wait_until(child, started + CGI_TIMEOUT);
+    if let Some(done) = stderr_done {
+        // Waiting briefly lets the program's own log lines appear before the request's line;
+        // a grandchild still holding the pipe must not hold the request up.
+        let _ = done.recv_timeout(Duration::from_millis(500));
+    }
+    let output = match output {
+        Ok(Ok(out)) if out.len() as u64 > MAX_CGI_OUTPUT => {
+            eprintln!("preview: {} wrote more than {MAX_CGI_OUTPUT} bytes", name);
+            return Err(Reply::error(502));
+        }
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            eprintln!("preview: reading the output of {} failed: {e}", name);
+            return Err(Reply::error(502));
+        }
+        Err(_) => {
+            eprintln!(
+                "preview: {} did not finish within {CGI_TIMEOUT:?}; killed",
+                name
+            );
+            return Err(Reply::error(504));
+        }
+    };
+    match finished {
+        Some(status) if !status.success() => {
+            eprintln!("preview: {} exited with {status}", name);
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "preview: {} closed its output but did not exit; killed",
+            name
+        ),
+    }
+    Ok(output)
 }
 
 /// Copies the program's stderr, line by line, to ours (the preview's error log); the channel

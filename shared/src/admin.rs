@@ -126,57 +126,9 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
     run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
         Some(match (arg(0), arg(1)) {
             (Some("retry"), verbose @ (None | Some("--verbose"))) => {
-                crate::delivery::retry(&app.delivery(), t).map(|r| {
-                    // Quiet unless something happened: cron mails whatever is printed, and
-                    // a line every five minutes saying "nothing to do" buries the one that
-                    // matters.
-                    if verbose.is_some() || r.delivered + r.deferred + r.failed > 0 {
-                        let _ = writeln!(
-                            out,
-                            "delivered {} deferred {} failed {} busy {} waiting {}",
-                            r.delivered, r.deferred, r.failed, r.busy, r.waiting
-                        );
-                    }
-                    if r.deferred + r.failed > 0 { 1 } else { 0 }
-                })
+                spool_retry(app, t, verbose.is_some(), out)
             }
-            (Some("list"), f) => {
-                let f = folder(f)?;
-                app.spool.ids(f).and_then(|ids| {
-                    let quarantine = f == Folder::Quarantine;
-                    let _ = if quarantine {
-                        writeln!(out, "id\treceived_at\treasons\tsubject")
-                    } else {
-                        writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error")
-                    };
-                    for id in ids {
-                        match app.spool.load(f, &id, t)? {
-                            Some(Ok(m)) if quarantine => {
-                                let _ = writeln!(
-                                    out,
-                                    "{}\t{}\t{}\t{}",
-                                    m.id,
-                                    m.received_at,
-                                    m.quarantined_for.join(","),
-                                    m.subject
-                                );
-                            }
-                            Some(Ok(m)) => {
-                                let _ = writeln!(
-                                    out,
-                                    "{}\t{}\t{}\t{}",
-                                    m.id, m.attempts, m.next_attempt_at, m.last_error
-                                );
-                            }
-                            Some(Err(reason)) => {
-                                let _ = writeln!(out, "{id}\t?\t?\tunreadable: {reason}");
-                            }
-                            None => {}
-                        }
-                    }
-                    Ok(0)
-                })
-            }
+            (Some("list"), f) => spool_list(app, folder(f)?, t, out),
             (Some("show"), Some(id)) if crate::spool::is_valid_id(id) => {
                 app.spool.find_text(id).map(|found| match found {
                     Some(text) => {
@@ -190,30 +142,7 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                 })
             }
             (Some(verb @ ("release" | "delete")), Some(id)) => {
-                use crate::delivery::Released;
-                let done = if verb == "release" {
-                    crate::delivery::release(&app.delivery(), id, t)
-                } else {
-                    crate::delivery::delete_quarantined(&app.delivery(), id, t)
-                };
-                done.map(|r| {
-                    let (line, code) = match r {
-                        Released::Delivered => (format!("released {id}: delivered"), 0),
-                        Released::Queued => (
-                            format!("released {id}: in var/spool/new, the next retry sends it"),
-                            0,
-                        ),
-                        Released::Deleted => (format!("deleted {id}"), 0),
-                        Released::NotFound => (format!("no quarantined message {id}"), 1),
-                        Released::Busy => (format!("{id} is busy; try again"), 1),
-                    };
-                    let _ = if code == 0 {
-                        writeln!(out, "{line}")
-                    } else {
-                        writeln!(err, "spool: {line}")
-                    };
-                    code
-                })
+                spool_release(app, verb == "release", id, t, out, err)
             }
             (Some("requeue"), Some(id)) => {
                 crate::delivery::requeue(&app.delivery(), id, t).map(|n| {
@@ -223,5 +152,91 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
             }
             _ => return None,
         })
+    })
+}
+
+/// `spool retry [--verbose]`: one retry run; exit 1 when something stays undelivered.
+fn spool_retry(app: &App, t: u64, verbose: bool, out: &mut dyn Write) -> crate::Result<i32> {
+    crate::delivery::retry(&app.delivery(), t).map(|r| {
+        // Quiet unless something happened: cron mails whatever is printed, and a line
+        // every five minutes saying "nothing to do" buries the one that matters.
+        if verbose || r.delivered + r.deferred + r.failed > 0 {
+            let _ = writeln!(
+                out,
+                "delivered {} deferred {} failed {} busy {} waiting {}",
+                r.delivered, r.deferred, r.failed, r.busy, r.waiting
+            );
+        }
+        if r.deferred + r.failed > 0 { 1 } else { 0 }
+    })
+}
+
+/// `spool list [FOLDER]`: one line per message, tab-separated, headed by its columns.
+fn spool_list(
+    app: &App,
+    f: crate::spool::Folder,
+    t: u64,
+    out: &mut dyn Write,
+) -> crate::Result<i32> {
+    let quarantine = f == crate::spool::Folder::Quarantine;
+    let _ = if quarantine {
+        writeln!(out, "id\treceived_at\treasons\tsubject")
+    } else {
+        writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error")
+    };
+    for id in app.spool.ids(f)? {
+        let _ = match app.spool.load(f, &id, t)? {
+            Some(Ok(m)) if quarantine => writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                m.id,
+                m.received_at,
+                m.quarantined_for.join(","),
+                m.subject
+            ),
+            Some(Ok(m)) => writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                m.id, m.attempts, m.next_attempt_at, m.last_error
+            ),
+            Some(Err(reason)) => writeln!(out, "{id}\t?\t?\tunreadable: {reason}"),
+            None => Ok(()),
+        };
+    }
+    Ok(0)
+}
+
+/// `spool release ID` / `spool delete ID`: a quarantined message sent on, or deleted.
+fn spool_release(
+    app: &App,
+    release: bool,
+    id: &str,
+    t: u64,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> crate::Result<i32> {
+    use crate::delivery::Released;
+    let done = if release {
+        crate::delivery::release(&app.delivery(), id, t)
+    } else {
+        crate::delivery::delete_quarantined(&app.delivery(), id, t)
+    };
+    done.map(|r| {
+        let (line, code) = match r {
+            Released::Delivered => (format!("released {id}: delivered"), 0),
+            Released::Queued => (
+                format!("released {id}: in var/spool/new, the next retry sends it"),
+                0,
+            ),
+            Released::Deleted => (format!("deleted {id}"), 0),
+            Released::NotFound => (format!("no quarantined message {id}"), 1),
+            Released::Busy => (format!("{id} is busy; try again"), 1),
+        };
+        let _ = if code == 0 {
+            writeln!(out, "{line}")
+        } else {
+            writeln!(err, "spool: {line}")
+        };
+        code
     })
 }

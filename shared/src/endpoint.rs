@@ -209,6 +209,20 @@ fn captcha_get(req: Request, _body: &mut dyn Read) -> Response {
         Ok(p) => p,
         Err(e) => return error_response(&ctx, &e, None, Doing::Image),
     };
+    picture_answer(&req, &app, &ctx, &challenge, png, t)
+}
+
+/// The answer that carries a fresh challenge's picture: the PNG itself, or for a script
+/// the JSON with the picture as a `data:` URL, plus the challenge cookie (and the
+/// proof-of-work cookie under that policy).
+fn picture_answer(
+    req: &Request,
+    app: &App,
+    ctx: &PageCtx,
+    challenge: &crate::captcha::Challenge,
+    png: Vec<u8>,
+    t: u64,
+) -> Response {
     let lifetime = challenge.expires_at.saturating_sub(t);
     // Not HttpOnly: the page's script reads the id once the picture has loaded and sends
     // it in the form, so that another tab's picture (which replaces the cookie) cannot
@@ -856,92 +870,115 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
     };
     let profile = req.query_param("profile").unwrap_or_default();
     let t = now();
-    let unauthorized = || {
-        json_or_text(&req, 401, "unauthorized", "missing or invalid token")
-            .header("WWW-Authenticate", "Bearer realm=\"formwarden\"")
+    let not_allowed = |message: &str, allow: &str| {
+        json_or_text(&req, 405, "method_not_allowed", message).header("Allow", allow)
     };
     match (method.as_str(), action.as_str()) {
-        ("GET" | "HEAD", "verify") => {
-            let Some(token) = bearer(&req) else {
-                return unauthorized();
-            };
-            match app.tokens.verify(&profile, &token, t) {
-                Ok(true) => Response::new(204),
-                Ok(false) => unauthorized(),
-                Err(e) => token_error(&req, &e),
-            }
-        }
-        ("POST", "rotate") => {
-            let admin = app.config.tokens.admin_profile.clone();
-            let Some(token) = bearer(&req) else {
-                return unauthorized();
-            };
-            match app.tokens.verify(&admin, &token, t) {
-                Ok(true) => {}
-                Ok(false) | Err(Error::NotFound { .. }) => {
-                    // The one-time bootstrap secret may only issue the first admin token.
-                    let digest = app.config.tokens.bootstrap_sha256.as_deref();
-                    match app.tokens.bootstrap_accepts(digest, &admin, &token, t) {
-                        Ok(true) if profile == admin => tracing::warn!(
-                            "first admin token issued with tokens.bootstrap_sha256; the secret \
-                             opens nothing any more, remove the line from the config"
-                        ),
-                        Ok(_) | Err(Error::NotFound { .. }) => return unauthorized(),
-                        Err(e) => return token_error(&req, &e),
-                    }
-                }
-                Err(e) => return token_error(&req, &e),
-            }
-            match app.tokens.rotate(&profile, t) {
-                Ok(issued) => Response::json(
-                    200,
-                    Json::obj([
-                        ("ok", Json::Bool(true)),
-                        ("profile", Json::str(profile)),
-                        ("id", Json::str(issued.id)),
-                        ("token", Json::str(issued.secret)),
-                        ("expires_at", Json::Int(issued.expires_at as i64)),
-                        ("rotation", Json::Int(issued.rotation as i64)),
-                    ])
-                    .render(),
-                ),
-                Err(e) => token_error(&req, &e),
-            }
-        }
-        ("GET", "check") => {
-            let admin = app.config.tokens.admin_profile.clone();
-            let Some(token) = bearer(&req) else {
-                return unauthorized();
-            };
-            // Until the first admin token exists, the bootstrap secret opens the report
-            // too, so an operator whose first-token request fails can see why.
-            let digest = app.config.tokens.bootstrap_sha256.as_deref();
-            let allowed = match app.tokens.verify(&admin, &token, t) {
-                Ok(true) => Ok(true),
-                Ok(false) | Err(Error::NotFound { .. }) => {
-                    app.tokens.bootstrap_accepts(digest, &admin, &token, t)
-                }
-                Err(e) => Err(e),
-            };
-            match allowed {
-                Ok(true) => check_report(&req),
-                Ok(false) | Err(Error::NotFound { .. }) => unauthorized(),
-                Err(e) => token_error(&req, &e),
-            }
-        }
-        (_, "check") => {
-            json_or_text(&req, 405, "method_not_allowed", "check takes GET").header("Allow", "GET")
-        }
-        (_, "verify") => json_or_text(&req, 405, "method_not_allowed", "verify takes GET")
-            .header("Allow", "GET, HEAD"),
-        (_, "rotate") => json_or_text(&req, 405, "method_not_allowed", "rotate takes POST")
-            .header("Allow", "POST"),
+        ("GET" | "HEAD", "verify") => token_verify(&req, &app, &profile, t),
+        ("POST", "rotate") => token_rotate(&req, &app, &profile, t),
+        ("GET", "check") => token_check(&req, &app, t),
+        (_, "check") => not_allowed("check takes GET", "GET"),
+        (_, "verify") => not_allowed("verify takes GET", "GET, HEAD"),
+        (_, "rotate") => not_allowed("rotate takes POST", "POST"),
         _ => json_or_text(
             &req,
             400,
             "bad_request",
             "unknown action (verify, rotate or check)",
         ),
+    }
+}
+
+/// The answer to a request without a valid bearer token.
+fn unauthorized(req: &Request) -> Response {
+    json_or_text(req, 401, "unauthorized", "missing or invalid token")
+        .header("WWW-Authenticate", "Bearer realm=\"formwarden\"")
+}
+
+/// `GET ?action=verify&profile=P`: 204 for a live token of P, else 401 (lock-free).
+fn token_verify(req: &Request, app: &App, profile: &str, t: u64) -> Response {
+    let Some(token) = bearer(req) else {
+        return unauthorized(req);
+    };
+    match app.tokens.verify(profile, &token, t) {
+        Ok(true) => Response::new(204),
+        Ok(false) => unauthorized(req),
+        Err(e) => token_error(req, &e),
+    }
+}
+
+/// Who a bearer token speaks for on the admin actions.
+enum AdminAccess {
+    /// A live token of the admin profile.
+    Admin,
+    /// The one-time bootstrap secret (`tokens.bootstrap_sha256`), while the admin profile
+    /// has no token yet.
+    Bootstrap,
+    /// Nobody.
+    Refused,
+}
+
+fn admin_access(app: &App, token: &str, t: u64) -> Result<AdminAccess, Error> {
+    let admin = &app.config.tokens.admin_profile;
+    match app.tokens.verify(admin, token, t) {
+        Ok(true) => Ok(AdminAccess::Admin),
+        Ok(false) | Err(Error::NotFound { .. }) => {
+            let digest = app.config.tokens.bootstrap_sha256.as_deref();
+            match app.tokens.bootstrap_accepts(digest, admin, token, t) {
+                Ok(true) => Ok(AdminAccess::Bootstrap),
+                Ok(false) | Err(Error::NotFound { .. }) => Ok(AdminAccess::Refused),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST ?action=rotate&profile=P` with an admin token: rotates P and shows the new token
+/// once. The bootstrap secret may only issue the first admin token.
+fn token_rotate(req: &Request, app: &App, profile: &str, t: u64) -> Response {
+    let Some(token) = bearer(req) else {
+        return unauthorized(req);
+    };
+    match admin_access(app, &token, t) {
+        Ok(AdminAccess::Admin) => {}
+        Ok(AdminAccess::Bootstrap) if profile == app.config.tokens.admin_profile => {
+            tracing::warn!(
+                "first admin token issued with tokens.bootstrap_sha256; the secret \
+                 opens nothing any more, remove the line from the config"
+            );
+        }
+        Ok(_) => return unauthorized(req),
+        Err(e) => return token_error(req, &e),
+    }
+    match app.tokens.rotate(profile, t) {
+        Ok(issued) => Response::json(
+            200,
+            Json::obj([
+                ("ok", Json::Bool(true)),
+                ("profile", Json::str(profile)),
+                ("id", Json::str(issued.id)),
+                ("token", Json::str(issued.secret)),
+                ("expires_at", Json::Int(issued.expires_at as i64)),
+                ("rotation", Json::Int(issued.rotation as i64)),
+            ])
+            .render(),
+        ),
+        Err(e) => token_error(req, &e),
+    }
+}
+
+/// `GET ?action=check` with an admin token: the self-check report. Until the first admin
+/// token exists, the bootstrap secret opens the report too, so an operator whose
+/// first-token request fails can see why.
+fn token_check(req: &Request, app: &App, t: u64) -> Response {
+    let Some(token) = bearer(req) else {
+        return unauthorized(req);
+    };
+    match admin_access(app, &token, t) {
+        Ok(AdminAccess::Admin | AdminAccess::Bootstrap) => check_report(req),
+        Ok(AdminAccess::Refused) => unauthorized(req),
+        Err(e) => token_error(req, &e),
     }
 }
 
