@@ -13,7 +13,7 @@
 use crate::util::ftp::{AccountDir, Ftp, FtpSetup, PASSWORD};
 use crate::util::servers::{Apache, Client, Server};
 use crate::util::smtp::{Smtp, free_port};
-use crate::util::{SALT, good_form, release};
+use crate::util::{SALT, good_form, json_field, release};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -213,13 +213,13 @@ fn first_admin_token(server: &Server) -> String {
         b"",
     );
     assert_eq!(r.status, 200, "{}\n{}", r.describe(), server.log());
-    let text = r.text();
-    let start = text.find("\"token\":\"").expect("a token in the answer") + 9;
-    text[start..]
-        .split('"')
-        .next()
-        .expect("the token")
-        .to_string()
+    let token = json_field(&r.text(), "token");
+    assert!(
+        token.starts_with("fwt_"),
+        "a token in the answer: {}",
+        r.text()
+    );
+    token
 }
 
 /// Waits up to 20 s for `n` messages at the SMTP server.

@@ -332,15 +332,26 @@ pub fn solve_pow(id: &str, bits: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The value of `key` in a flat JSON answer (a string's contents, or a number as written);
-/// empty when absent. Enough for the captcha endpoint's JSON, whose values hold no quotes.
-pub fn json_field(json: &str, key: &str) -> String {
-    json.split(&format!("\"{key}\":"))
-        .nth(1)
-        .map(|r| r.trim_start_matches('"'))
-        .and_then(|r| r.split(['"', ',', '}']).next())
+/// The value at `path` in a JSON answer (`"id"`, or `"pow/bits"` inside an object), as
+/// text (see [`json_text`]); empty when absent. Panics when the answer is not JSON: every
+/// JSON answer of the executables must be.
+pub fn json_field(json: &str, path: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    value
+        .pointer(&format!("/{path}"))
+        .and_then(json_text)
         .unwrap_or_default()
-        .to_string()
+}
+
+/// A flat JSON value as text: a string's contents, a number or boolean as written; `None`
+/// for an array or object.
+pub fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+        other => Some(other.to_string()),
+    }
 }
 
 /// A valid contact form for challenge `(id, answer)`.
