@@ -47,19 +47,10 @@ fn sendmail_site(marker: u32) -> Site {
 /// Processes (not zombies) whose command line holds `sleep {marker}`.
 fn sleepers(marker: u32) -> usize {
     let needle = format!("sleep\0{marker}");
-    std::fs::read_dir("/proc")
+    procs::all()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let p = e.path();
-            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
-            String::from_utf8_lossy(&cmd).contains(&needle) && !zombie
+        .filter(|&pid| {
+            procs::running(pid) && procs::cmdline(pid).is_some_and(|c| c.contains(&needle))
         })
         .count()
 }

@@ -13,7 +13,7 @@
 use crate::util::ftp::{AccountDir, Ftp, FtpSetup, PASSWORD};
 use crate::util::servers::{Apache, Client, Server};
 use crate::util::smtp::{Smtp, free_port};
-use crate::util::{SALT, good_form, json_field, release};
+use crate::util::{SALT, good_form, json_field, procs, release};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -309,10 +309,11 @@ fn which(live: &Path, a: &Path, b: &Path, rel: &str) -> &'static str {
 /// sweeping or sending), so that var/ holds still.
 fn wait_cgi_idle(server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.pids().iter().any(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim().ends_with(".cgi"))
-    }) {
+    while server
+        .pids()
+        .into_iter()
+        .any(|pid| procs::comm(pid).is_some_and(|c| c.ends_with(".cgi")))
+    {
         assert!(Instant::now() < deadline, "CGI processes still running");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -628,7 +629,7 @@ fn a_deploy_cut_off_half_way_leaves_a_working_site_and_can_be_run_again() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(
-            crate::util::servers::kill_hard(-(child.id() as i32)),
+            crate::util::procs::kill_hard(-(child.id() as i32)),
             "kill deploy.sh's process group"
         );
         child.wait().expect("reap deploy.sh");

@@ -154,9 +154,7 @@ impl Redis {
 
     fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            let rc = unsafe { libc::kill(c.id() as i32, sig) };
-            assert_eq!(rc, 0, "kill({sig})");
+            assert!(procs::signal(c.id() as i32, sig), "kill({sig})");
         }
     }
 }
@@ -603,8 +601,7 @@ impl Balancer {
             .iter()
             .map(|p| format!("        server 127.0.0.1:{p};\n"))
             .collect();
-        // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 {
+        let user = if procs::effective_uid() == 0 {
             "user root;\n"
         } else {
             ""
@@ -651,8 +648,7 @@ impl Balancer {
 impl Drop for Balancer {
     fn drop(&mut self) {
         // SIGTERM: nginx's fast shutdown, which takes its worker along.
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        procs::signal(self.child.id() as i32, libc::SIGTERM);
         let _ = self.child.wait();
     }
 }

@@ -450,10 +450,10 @@ fn stopping_leaves_no_process(kind: Kind) {
     drop(server);
     let alive: Vec<u32> = pids
         .into_iter()
-        .filter(|&pid| crate::util::servers::running(pid))
-        .filter(|pid| {
+        .filter(|&pid| procs::running(pid))
+        .filter(|&pid| {
             // A pid may be reused at once by an unrelated process; only ours count.
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            procs::cmdline(pid).is_some_and(|c| {
                 [
                     "apache2", "nginx", "fcgiwrap", "captcha", "contact", "tokens",
                 ]

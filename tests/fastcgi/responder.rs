@@ -3,7 +3,7 @@
 //! deployment. A guard stops every process it started when the test ends, even on failure.
 
 use super::client::{Endpoint, GET_VALUES, GET_VALUES_RESULT, pairs, record};
-use crate::util::exe;
+use crate::util::{exe, procs};
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -174,7 +174,7 @@ impl Responder {
         if let Some(c) = self.child.as_mut() {
             return matches!(c.try_wait(), Ok(None));
         }
-        self.pids.iter().all(|&p| crate::util::servers::running(p))
+        self.pids.iter().all(|&p| procs::running(p))
     }
 
     /// True when the responder answers FCGI_GET_VALUES.
@@ -187,25 +187,18 @@ impl Responder {
             && matches!(c.read_record(), Ok((GET_VALUES_RESULT, 0, _)))
     }
 
-    /// What the responder logged so far (single-process responders only; forked children
-    /// log to /dev/null, as spawn-fcgi arranges).
-    /// Threads of the (first) responder process, from /proc.
+    /// Threads of the (first) responder process; 0 when it is gone.
     pub fn threads(&self) -> usize {
-        let pid = self
-            .child
+        self.child
             .as_ref()
             .map(Child::id)
-            .or(self.pids.first().copied());
-        let status = pid
-            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|n| n.trim().parse().ok())
+            .or(self.pids.first().copied())
+            .and_then(procs::threads)
             .unwrap_or(0)
     }
 
+    /// What the responder logged so far (single-process responders only; forked children
+    /// log to /dev/null, as spawn-fcgi arranges).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -218,7 +211,7 @@ impl Drop for Responder {
             let _ = c.wait();
         }
         for &p in &self.pids {
-            crate::util::servers::kill_hard(p as i32);
+            procs::kill_hard(p as i32);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! vsftpd starts as root (it switches to the logged-in account per session), so these
 //! tests need root, as CI gives them; scripts/install-test-deps.sh installs vsftpd and lftp.
 
-use super::servers::{Account, Group};
+use super::servers::{Account, Group, user_ids};
 use super::smtp::free_port;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -38,12 +38,7 @@ fn ensure_account() -> (u32, u32) {
         );
         let home = Path::new("/var/lib/formwarden-test-ftp");
         std::fs::create_dir_all(home).expect("mkdir the FTP account's home");
-        let known = Command::new("id")
-            .arg("-u")
-            .arg(USER)
-            .output()
-            .expect("run id");
-        if !known.status.success() {
+        if user_ids(USER).is_none() {
             let st = Command::new("useradd")
                 .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
                 .arg(home)
@@ -62,18 +57,7 @@ fn ensure_account() -> (u32, u32) {
         )
         .expect("write chpasswd");
         assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .arg(flag)
-                .arg(USER)
-                .output()
-                .expect("run id");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("a numeric id")
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
+        let (uid, gid) = user_ids(USER).expect("useradd wrote the account to /etc/passwd");
         std::os::unix::fs::chown(home, Some(uid), Some(gid)).expect("chown home");
         (uid, gid)
     })

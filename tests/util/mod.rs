@@ -3,6 +3,7 @@
 //! variables, body on stdin), and parses their answers.
 
 pub mod ftp;
+pub mod procs;
 pub mod release;
 pub mod servers;
 pub mod smtp;
@@ -50,6 +51,22 @@ pub fn assert_lock_timeout(a: &Answer, key: &formwarden::lock::LockKey) -> Strin
         a.elapsed
     );
     expected
+}
+
+/// Checks `ready` every 10 ms until it holds or `limit` has passed; false when it never
+/// held. The limits callers give are margins for a loaded machine: the wait ends as soon
+/// as `ready` holds, and nothing is asserted about how long that took.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The test builds' clock switch (see `formwarden::state::now`).

@@ -15,7 +15,7 @@
 //! request targets so that `%2e%2e` reaches the server as written) with a cookie jar.
 
 use super::smtp::free_port;
-use super::{Site, exe};
+use super::{Site, exe, procs, wait_until};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -68,7 +68,7 @@ impl Account {
     /// and switch users itself, such as vsftpd.
     pub fn caller() -> Account {
         Account {
-            uid: effective_uid(),
+            uid: procs::effective_uid(),
             gid: 0,
             switch: false,
         }
@@ -80,15 +80,9 @@ impl Account {
     }
 }
 
-/// The effective uid of this process.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
-}
-
 /// `nobody` when running as root, the current user otherwise.
 pub fn account() -> Account {
-    let euid = effective_uid();
+    let euid = procs::effective_uid();
     if euid != 0 {
         return Account {
             uid: euid,
@@ -96,18 +90,24 @@ pub fn account() -> Account {
             switch: false,
         };
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    let (uid, gid) = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == "nobody")
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .expect("a `nobody` account in /etc/passwd to run the web servers as");
+    let (uid, gid) =
+        user_ids("nobody").expect("a `nobody` account in /etc/passwd to run the web servers as");
     Account {
         uid,
         gid,
         switch: true,
     }
+}
+
+/// The uid and primary gid of local account `name`, from `/etc/passwd` (where `useradd`
+/// puts the accounts the tests create); `None` when there is no such account.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == name)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
 }
 
 /// Gives `path` and everything below it to the server account (a no-op when the tests do
@@ -272,16 +272,17 @@ impl Group {
     /// stays unreaped until [`Group::stop`], so its pid, which names the group, cannot be
     /// reused by another test's process while we may still signal the group.
     pub fn is_running(&self) -> bool {
-        running(self.child.id())
+        procs::running(self.child.id())
     }
 
     /// SIGTERM to the whole group, SIGKILL after the grace period, then reaps the leader.
     fn stop(&mut self) {
         let pgid = self.pgid();
-        signal_group(pgid, "TERM");
+        let group = -(pgid as i32);
+        procs::signal(group, libc::SIGTERM);
         if !wait_group_gone(pgid, STOP_GRACE) {
             eprintln!("{} (group {pgid}) ignored SIGTERM; killing it", self.name);
-            signal_group(pgid, "KILL");
+            procs::kill_hard(group);
             wait_group_gone(pgid, STOP_GRACE);
         }
         let _ = self.child.wait();
@@ -294,62 +295,9 @@ impl Drop for Group {
     }
 }
 
-/// True while process `pid` exists and has not exited (a zombie has).
-pub fn running(pid: u32) -> bool {
-    proc_state(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
-/// Sends SIGKILL to process `pid`, or to process group `-pid` when `pid` is negative;
-/// false when there was nothing to signal.
-pub fn kill_hard(pid: i32) -> bool {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
-}
-
-/// State letter and process group of a process, from `/proc/PID/stat`.
-fn proc_state(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; the fields after its last ')'
-    // are: state, ppid, pgrp.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let _ppid = f.next()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Live (not zombie) members of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|&pid| proc_state(pid).is_some_and(|(s, g)| g == pgid && s != 'Z'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Waits until group `pgid` has no live member; false on timeout.
 fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if group_members(pgid).is_empty() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    group_members(pgid).is_empty()
-}
-
-/// Sends `signal` to every process in group `pgid` (the shell's `kill` builtin, which
-/// every system has; the tests have no libc dependency).
-fn signal_group(pgid: u32, signal: &str) {
-    let _ = Command::new("sh")
-        .args(["-c", "kill -s \"$1\" -- \"-$2\" 2>/dev/null", "sh", signal])
-        .arg(pgid.to_string())
-        .status();
+    wait_until(limit, || procs::group_members(pgid).is_empty())
 }
 
 /// True when a unix socket at `path` is listening (from `/proc/net/unix`, so nothing
@@ -967,7 +915,7 @@ impl Server {
     pub fn pids(&self) -> Vec<u32> {
         self.groups
             .iter()
-            .flat_map(|g| group_members(g.pgid()))
+            .flat_map(|g| procs::group_members(g.pgid()))
             .collect()
     }
 }
