@@ -20,7 +20,8 @@
 //! suite measures the spam layers, not the limiter (tests/floods.rs does that).
 
 use crate::browser::Report;
-use crate::util::servers::{Client, Nginx, Reply, Server};
+use crate::util::http::{Client, Reply};
+use crate::util::servers::{Nginx, Server};
 use crate::util::{self, Site};
 use formwarden::captcha::ALPHABET_TEXT as ALPHABET;
 use std::collections::BTreeMap;

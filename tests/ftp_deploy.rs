@@ -11,7 +11,8 @@
 //! `var/tmp/captcha/`, with the salt from their own config and `captcha_length = 4`.
 
 use crate::util::ftp::{AccountDir, Ftp, FtpSetup, PASSWORD};
-use crate::util::servers::{Apache, Client, Server};
+use crate::util::http::Client;
+use crate::util::servers::{Apache, Server};
 use crate::util::smtp::{Smtp, free_port};
 use crate::util::{SALT, good_form, json_field, procs, release};
 use sha2::{Digest, Sha256};

@@ -655,7 +655,8 @@ impl Drop for Balancer {
 
 #[test]
 fn two_nginx_fastcgi_nodes_behind_one_balancer_serve_one_site() {
-    use crate::util::servers::{Client, Kind, Server, share_var};
+    use crate::util::http::Client;
+    use crate::util::servers::{Kind, Server, share_var};
     let redis = Redis::start();
     let [a, b] = nodes(&redis, "");
     share_var(&a);

@@ -5,7 +5,8 @@
 //! them, because each config can break a different part: the handler mapping, the
 //! `Authorization` header, the runtime root, the deny rules, the status codes.
 
-use crate::util::servers::{Client, Kind, Server, copy_tree, request, share_var, try_request};
+use crate::util::http::{Client, request, try_request};
+use crate::util::servers::{Kind, Server, copy_tree, share_var};
 use crate::util::*;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! variables, body on stdin), and parses their answers.
 
 pub mod ftp;
+pub mod http;
 pub mod procs;
 pub mod release;
 pub mod servers;
