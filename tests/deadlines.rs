@@ -55,16 +55,6 @@ fn sleepers(marker: u32) -> usize {
         .count()
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn a_hung_sendmail_is_killed_and_the_message_stays_spooled() {
     let marker = 86_401;
@@ -84,7 +74,7 @@ fn a_hung_sendmail_is_killed_and_the_message_stays_spooled() {
     );
     assert_eq!(site.ls("spool/new").len(), 1, "the message stays spooled");
     assert!(
-        wait_for(|| sleepers(marker) == 0),
+        wait_until(Duration::from_secs(5), || sleepers(marker) == 0),
         "the hung program and its child were killed"
     );
 }
@@ -119,7 +109,10 @@ fn a_hung_sendmail_does_not_stop_a_fastcgi_responder() {
         assert!(p.elapsed < Duration::from_secs(10), "{:?}", p.elapsed);
     }
     assert_eq!(site.ls("spool/new").len(), 4);
-    assert!(wait_for(|| sleepers(marker) == 0), "no program left behind");
+    assert!(
+        wait_until(Duration::from_secs(5), || sleepers(marker) == 0),
+        "no program left behind"
+    );
     let mut contact = contact;
     assert!(contact.alive());
     assert_eq!(

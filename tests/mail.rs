@@ -4,7 +4,8 @@
 //! and the file transport of the local preview.
 
 use crate::util::http::Client;
-use crate::util::smtp::{Smtp, free_port};
+use crate::util::net::{free_port, wait_for_port};
+use crate::util::smtp::Smtp;
 use crate::util::*;
 use std::io::Read;
 use std::path::Path;
@@ -378,11 +379,10 @@ fn start_preview(root: &Path) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("preview");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "preview did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "preview did not start"
+    );
     (child, port)
 }
 

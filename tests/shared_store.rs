@@ -4,7 +4,7 @@
 //! between them. Each test starts its own server on a free port, without persistence
 //! unless it needs it, so no test sees another's keys.
 
-use crate::util::smtp::free_port;
+use crate::util::net::{free_port, wait_for_port};
 use crate::util::*;
 use formwarden::lock::LockKey;
 use std::path::{Path, PathBuf};
@@ -96,15 +96,12 @@ impl Redis {
             .spawn()
             .expect("redis-server (scripts/install-test-deps.sh installs it)");
         self.child = Some(child);
-        let start = Instant::now();
-        while self.connect().is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not come up on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Up means answering PING, not only accepting connections.
+        assert!(
+            wait_until(Duration::from_secs(10), || self.connect().is_ok()),
+            "redis-server did not come up on port {}",
+            self.port
+        );
     }
 
     fn url(&self) -> String {
@@ -628,15 +625,11 @@ impl Balancer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "balancer did not start: {log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "balancer did not start: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
         Balancer {
             child,
             port,

@@ -3,14 +3,14 @@
 //! deployment. A guard stops every process it started when the test ends, even on failure.
 
 use super::client::{Endpoint, GET_VALUES, GET_VALUES_RESULT, pairs, record};
-use crate::util::{exe, procs};
+use crate::util::net::free_port;
+use crate::util::{exe, procs, wait_for};
 use std::fs::File;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the responder logs when it closes on a peer not in `FCGI_WEB_SERVER_ADDRS`.
 pub const REFUSED_PEER_LOG: &str = "refused a connection from a peer not in FCGI_WEB_SERVER_ADDRS";
@@ -99,10 +99,7 @@ impl Spawn {
         let pidfile = dir.path().join("responder.pid");
         let mut cmd = Command::new("spawn-fcgi");
         let endpoint = if self.tcp {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("probe a free port")
-                .port();
+            let port = free_port();
             cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
             Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
         } else {
@@ -152,19 +149,19 @@ impl Spawn {
         }
         // Ready means answering FastCGI, not just a socket that accepts: spawn-fcgi binds
         // it before the executable runs, so connecting alone proves nothing.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let ready = wait_for(Duration::from_secs(10), || {
             if !r.alive() {
-                return Err(r.log());
+                return Some(false);
             }
             // A responder told to refuse us (FCGI_WEB_SERVER_ADDRS) is ready once it has
             // accepted and refused the probe.
-            if r.answers_get_values() || r.log().contains(REFUSED_PEER_LOG) {
-                return Ok(r);
-            }
-            thread::sleep(Duration::from_millis(20));
+            (r.answers_get_values() || r.log().contains(REFUSED_PEER_LOG)).then_some(true)
+        });
+        if ready == Some(true) {
+            Ok(r)
+        } else {
+            Err(r.log())
         }
-        Err(r.log())
     }
 }
 

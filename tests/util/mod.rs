@@ -4,6 +4,7 @@
 
 pub mod ftp;
 pub mod http;
+pub mod net;
 pub mod procs;
 pub mod release;
 pub mod servers;
@@ -54,20 +55,27 @@ pub fn assert_lock_timeout(a: &Answer, key: &formwarden::lock::LockKey) -> Strin
     expected
 }
 
-/// Checks `ready` every 10 ms until it holds or `limit` has passed; false when it never
-/// held. The limits callers give are margins for a loaded machine: the wait ends as soon
-/// as `ready` holds, and nothing is asserted about how long that took.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+/// Asks `probe` every 10 ms until it has an answer or `limit` has passed; `None` when it
+/// never had one. The limits callers give are margins for a loaded machine: the wait ends
+/// at the first answer, and nothing is asserted about how long that took. A probe that can
+/// tell early that the answer will never come (the process it waits for exited) answers
+/// that instead of letting the wait run out.
+pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
-        if ready() {
-            return true;
+        if let Some(answer) = probe() {
+            return Some(answer);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// [`wait_for`] a condition: true as soon as `ready` holds, false when it never did.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    wait_for(limit, || ready().then_some(())).is_some()
 }
 
 /// The test builds' clock switch (see `formwarden::state::now`).

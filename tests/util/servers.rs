@@ -14,14 +14,13 @@
 //! Tests talk to them with the client in [`super::http`].
 
 use super::http::Client;
-use super::smtp::free_port;
-use super::{Site, exe, procs, wait_until};
-use std::net::TcpStream;
+use super::net::{self, free_port};
+use super::{Site, exe, procs, wait_for, wait_until};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a server may take to answer after its start. They need well under a second;
 /// the margin is for a loaded CI machine, and the wait ends as soon as one answers.
@@ -807,38 +806,34 @@ enum Ready {
 /// `port`. The pid check makes sure that whatever answers on the port is this server and
 /// not another test's that took the port first.
 fn wait_http_ready(group: &Group, port: u16, pid_file: &Path, logs: &[PathBuf]) -> Ready {
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
+    wait_for(START_DEADLINE, || {
         if !group.is_running() {
-            return if read_logs(logs).contains("Address already in use") {
+            return Some(if read_logs(logs).contains("Address already in use") {
                 Ready::PortTaken
             } else {
                 Ready::Failed
-            };
+            });
         }
         let own = std::fs::read_to_string(pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
             == Some(group.pgid());
-        if own && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ready::Yes;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ready::Failed
+        (own && net::accepts(port)).then_some(Ready::Yes)
+    })
+    .unwrap_or(Ready::Failed)
 }
 
 /// Waits until a backend listens on its unix socket; panics with its log otherwise.
 fn wait_socket(group: &Group, sock: &Path, log: &Path) {
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
+    let listening = wait_for(START_DEADLINE, || {
         if unix_socket_listening(sock) {
-            return;
+            Some(true)
+        } else {
+            (!group.is_running()).then_some(false)
         }
-        if !group.is_running() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    });
+    if listening == Some(true) {
+        return;
     }
     panic!(
         "{} did not listen on {}:\n{}",
