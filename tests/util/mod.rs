@@ -28,29 +28,34 @@ pub fn client_key(addr: &str) -> String {
 /// the body, and an answer after the 300 ms bound but without hanging. Returns the message
 /// so the caller can look for it in the log it has (process stderr, responder log).
 pub fn assert_lock_timeout(a: &Answer, key: &formwarden::lock::LockKey) -> String {
-    assert_eq!(a.status, 503, "{}", a.text());
-    assert_eq!(a.header("retry-after"), Some("1"));
+    assert_lock_timeout_reply(a.status, a.header("retry-after"), &a.text(), a.elapsed, key)
+}
+
+/// [`assert_lock_timeout`] for an answer that came another way (through a web server):
+/// its status, `Retry-After` header, body and how long the request took.
+pub fn assert_lock_timeout_reply(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    elapsed: Duration,
+    key: &formwarden::lock::LockKey,
+) -> String {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after, Some("1"));
     let expected = format!("Lock-Timeout nach 300ms: {}", key.as_str());
+    assert!(body.contains(&expected), "body must name the key: {body}");
     assert!(
-        a.text().contains(&expected),
-        "body must name the key: {}",
-        a.text()
-    );
-    assert!(
-        !a.text().contains("/var/") && !a.text().contains("os error"),
-        "a lock timeout shows the key, never a path: {}",
-        a.text()
+        !body.contains("/var/") && !body.contains("os error"),
+        "a lock timeout shows the key, never a path: {body}"
     );
     // The bound is 300 ms: not an instant refusal, and no hang either.
     assert!(
-        a.elapsed >= Duration::from_millis(300),
-        "answered too early: {:?}",
-        a.elapsed
+        elapsed >= Duration::from_millis(300),
+        "answered too early: {elapsed:?}"
     );
     assert!(
-        a.elapsed < Duration::from_secs(5),
-        "took too long: {:?}",
-        a.elapsed
+        elapsed < Duration::from_secs(5),
+        "took too long: {elapsed:?}"
     );
     expected
 }
