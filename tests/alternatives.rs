@@ -18,7 +18,7 @@ fn json_challenge(site: &Site, addr: &str) -> (String, String, u32, String) {
         .run();
     assert_eq!(a.status, 200, "{}", a.text());
     let t = a.text();
-    let bits = json_field(&t, "bits").parse().unwrap_or(0);
+    let bits = json_field(&t, "pow/bits").parse().unwrap_or(0);
     let answer = a
         .header("x-formwarden-test-answer")
         .expect("hook")

@@ -337,16 +337,9 @@ fn a_cgi_that_read_its_body_does_not_wait_for_the_end_of_stdin() {
     let (id, answer) = site.challenge("192.0.2.10");
     let req = site.contact_post(&id, &answer);
     let (mut child, stdin) = req.spawn_keeping_stdin();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_for(std::time::Duration::from_secs(10), || {
+        child.try_wait().expect("wait")
+    });
     drop(stdin);
     let _ = child.kill();
     assert!(

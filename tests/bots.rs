@@ -19,7 +19,9 @@
 //! with more attempts (FW_BOTS_SCALE) for docs/SPAM.md. Rate limits are set high here: the
 //! suite measures the spam layers, not the limiter (tests/floods.rs does that).
 
-use crate::util::servers::{Client, Nginx, Reply, Server};
+use crate::browser::Report;
+use crate::util::http::{Client, Reply};
+use crate::util::servers::{Nginx, Server};
 use crate::util::{self, Site};
 use formwarden::captcha::ALPHABET_TEXT as ALPHABET;
 use std::collections::BTreeMap;
@@ -419,7 +421,7 @@ fn pow_visitor(port: u16, i: usize) -> Attempt {
     assert_eq!(j.status, 200, "{}", j.describe());
     let t = j.text();
     let id = util::json_field(&t, "id");
-    let bits: u32 = util::json_field(&t, "bits").parse().expect("pow bits");
+    let bits: u32 = util::json_field(&t, "pow/bits").parse().expect("pow bits");
     let nonce = util::solve_pow(&id, bits);
     thread::sleep(PATIENT);
     let mut fields = honest_fields(&m, "");
@@ -462,19 +464,15 @@ fn browser_ocr_bots(server: &Server, n: usize) -> Vec<Attempt> {
         .output()
         .unwrap_or_else(|e| panic!("node (run scripts/install-test-deps.sh): {e}"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = Report::parse(&text);
     assert!(
-        out.status.success() && text.contains("\"failures\": \"\""),
+        out.status.success() && report.as_ref().is_ok_and(|r| r.get("failures").is_empty()),
         "flow.mjs ocrbot failed:\n{text}\n{}\n{}",
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
-    let value = |key: &str| {
-        text.split(&format!("\"{key}\": "))
-            .nth(1)
-            .and_then(|r| r.split('\n').next())
-            .map(|v| v.trim_end_matches(',').trim_matches('"').to_string())
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-    };
+    let report = report.expect("checked above");
+    let value = |key: &str| report.get(key).to_string();
     (0..n)
         .map(|i| {
             let guess = value(&format!("ocrbot.{i}.guess"));

@@ -46,26 +46,17 @@ fn json_mode_returns_id_and_inline_image() {
     assert_eq!(a.status, 200);
     assert_eq!(a.header("content-type"), Some("application/json"));
     let t = a.text();
-    assert!(
-        t.contains("\"id\":\"") && t.contains("data:image/png;base64,"),
-        "{t}"
-    );
     // The inline image is the picture itself: standard base64 of a PNG.
-    let data = t
-        .split("\"image\":\"data:image/png;base64,")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("image field");
+    let image = json_field(&t, "image");
+    let data = image
+        .strip_prefix("data:image/png;base64,")
+        .unwrap_or_else(|| panic!("a PNG data URL: {t}"));
     let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
         .expect("the data URL is valid base64");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // A script can post the id as a field instead of the cookie.
-    let id = t
-        .split("\"id\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("id")
-        .to_string();
+    let id = json_field(&t, "id");
+    assert!(!id.is_empty(), "a challenge id: {t}");
     let answer = a
         .header("x-formwarden-test-answer")
         .expect("hook")

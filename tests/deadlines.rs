@@ -47,31 +47,12 @@ fn sendmail_site(marker: u32) -> Site {
 /// Processes (not zombies) whose command line holds `sleep {marker}`.
 fn sleepers(marker: u32) -> usize {
     let needle = format!("sleep\0{marker}");
-    std::fs::read_dir("/proc")
+    procs::all()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let p = e.path();
-            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
-            String::from_utf8_lossy(&cmd).contains(&needle) && !zombie
+        .filter(|&pid| {
+            procs::running(pid) && procs::cmdline(pid).is_some_and(|c| c.contains(&needle))
         })
         .count()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]
@@ -93,7 +74,7 @@ fn a_hung_sendmail_is_killed_and_the_message_stays_spooled() {
     );
     assert_eq!(site.ls("spool/new").len(), 1, "the message stays spooled");
     assert!(
-        wait_for(|| sleepers(marker) == 0),
+        wait_until(Duration::from_secs(5), || sleepers(marker) == 0),
         "the hung program and its child were killed"
     );
 }
@@ -128,7 +109,10 @@ fn a_hung_sendmail_does_not_stop_a_fastcgi_responder() {
         assert!(p.elapsed < Duration::from_secs(10), "{:?}", p.elapsed);
     }
     assert_eq!(site.ls("spool/new").len(), 4);
-    assert!(wait_for(|| sleepers(marker) == 0), "no program left behind");
+    assert!(
+        wait_until(Duration::from_secs(5), || sleepers(marker) == 0),
+        "no program left behind"
+    );
     let mut contact = contact;
     assert!(contact.alive());
     assert_eq!(

@@ -11,9 +11,11 @@
 //! `var/tmp/captcha/`, with the salt from their own config and `captcha_length = 4`.
 
 use crate::util::ftp::{AccountDir, Ftp, FtpSetup, PASSWORD};
-use crate::util::servers::{Apache, Client, Server};
-use crate::util::smtp::{Smtp, free_port};
-use crate::util::{SALT, good_form, release};
+use crate::util::http::Client;
+use crate::util::net::free_port;
+use crate::util::servers::{Apache, Server};
+use crate::util::smtp::Smtp;
+use crate::util::{SALT, good_form, json_field, procs, release, wait_for, wait_until};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -213,25 +215,19 @@ fn first_admin_token(server: &Server) -> String {
         b"",
     );
     assert_eq!(r.status, 200, "{}\n{}", r.describe(), server.log());
-    let text = r.text();
-    let start = text.find("\"token\":\"").expect("a token in the answer") + 9;
-    text[start..]
-        .split('"')
-        .next()
-        .expect("the token")
-        .to_string()
+    let token = json_field(&r.text(), "token");
+    assert!(
+        token.starts_with("fwt_"),
+        "a token in the answer: {}",
+        r.text()
+    );
+    token
 }
 
 /// Waits up to 20 s for `n` messages at the SMTP server.
 fn wait_for_mail(smtp: &Smtp, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = smtp.messages();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(20), || smtp.messages().len() >= n);
+    smtp.messages()
 }
 
 /// Every file under `dir` with its bytes (for "left exactly as it was").
@@ -308,14 +304,13 @@ fn which(live: &Path, a: &Path, b: &Path, rel: &str) -> &'static str {
 /// Waits until no CGI process of `server` runs any more (one may go on after its answer,
 /// sweeping or sending), so that var/ holds still.
 fn wait_cgi_idle(server: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.pids().iter().any(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim().ends_with(".cgi"))
-    }) {
-        assert!(Instant::now() < deadline, "CGI processes still running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let idle = wait_until(Duration::from_secs(30), || {
+        !server
+            .pids()
+            .into_iter()
+            .any(|pid| procs::comm(pid).is_some_and(|c| c.ends_with(".cgi")))
+    });
+    assert!(idle, "CGI processes still running");
 }
 
 fn assert_answers(server: &Server) {
@@ -618,17 +613,21 @@ fn a_deploy_cut_off_half_way_leaves_a_working_site_and_can_be_run_again() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start deploy.sh");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ready(&root) {
-            assert!(
-                child.try_wait().expect("wait").is_none(),
-                "deploy.sh ended before the {phase} phase was seen"
-            );
-            assert!(Instant::now() < deadline, "the {phase} phase never came");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // True once the phase is seen, false when deploy.sh ended before it.
+        let seen = wait_for(Duration::from_secs(120), || {
+            if ready(&root) {
+                return Some(true);
+            }
+            child.try_wait().expect("wait").map(|_| false)
+        });
+        assert_ne!(
+            seen,
+            Some(false),
+            "deploy.sh ended before the {phase} phase was seen"
+        );
+        assert_eq!(seen, Some(true), "the {phase} phase never came");
         assert!(
-            crate::util::servers::kill_hard(-(child.id() as i32)),
+            procs::kill_hard(-(child.id() as i32)),
             "kill deploy.sh's process group"
         );
         child.wait().expect("reap deploy.sh");

@@ -3,9 +3,11 @@
 //! with a test CA, AUTH, concurrent retry runs, header injection, the sendmail transport
 //! and the file transport of the local preview.
 
-use crate::util::smtp::{Smtp, free_port};
+use crate::util::http::Client;
+use crate::util::net::{free_port, wait_for_port};
+use crate::util::smtp::Smtp;
 use crate::util::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -360,22 +362,6 @@ fn sendmail_transport_pipes_the_message_to_the_configured_program() {
     assert_eq!(site.ls("spool/new").len(), 1);
 }
 
-/// Reads an HTTP/1.1 answer from the preview (Connection: close).
-fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect preview");
-    s.write_all(request.as_bytes()).expect("send");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (status, head, buf[end + 4..].to_vec())
-}
-
 /// Starts the local preview on `root` (which must hold `deploy/site`) and waits until it
 /// accepts connections. The caller kills it.
 fn start_preview(root: &Path) -> (Child, u16) {
@@ -393,11 +379,10 @@ fn start_preview(root: &Path) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("preview");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "preview did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "preview did not start"
+    );
     (child, port)
 }
 
@@ -406,37 +391,26 @@ fn the_local_preview_serves_the_page_and_writes_mail_as_files() {
     // The preview serves ROOT/deploy/site; it gets the real example site.
     let site = Site::new();
     let (mut preview, port) = start_preview(site.root());
-    let (status, _, page) = http(
-        port,
-        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    let mut browser = Client::new(port);
+    let page = browser.get("/");
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(page.text().contains("/cgi-bin/contact"));
+    let image = browser.get("/cgi-bin/captcha");
+    assert_eq!(image.status, 200, "{}", image.describe());
+    assert!(image.body.starts_with(b"\x89PNG"));
+    assert!(
+        browser.cookie("fw_captcha").is_some(),
+        "{}",
+        image.describe()
     );
-    assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&page).contains("/cgi-bin/contact"));
-    let (status, head, png) = http(
-        port,
-        "GET /cgi-bin/captcha HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200);
-    assert!(png.starts_with(b"\x89PNG"));
-    let find = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
-    let cookie = find("set-cookie")
-        .and_then(|c| c.split(';').next().map(str::to_string))
-        .expect("cookie");
-    let answer = find("x-formwarden-test-answer").expect("answer");
-    let body = serde_urlencoded::to_string(good_form(&answer)).expect("form");
-    let req = format!(
-        "POST /cgi-bin/contact HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, _, page) = http(port, &req);
+    let answer = image
+        .header("x-formwarden-test-answer")
+        .expect("answer")
+        .to_string();
+    let sent = browser.post_form("/cgi-bin/contact", &good_form(&answer));
     let _ = preview.kill();
     let _ = preview.wait();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&page));
+    assert_eq!(sent.status, 200, "{}", sent.describe());
     let files = site.ls("mail-out");
     assert_eq!(files.len(), 1);
     assert!(files[0].ends_with(".eml"));

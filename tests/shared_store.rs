@@ -4,7 +4,7 @@
 //! between them. Each test starts its own server on a free port, without persistence
 //! unless it needs it, so no test sees another's keys.
 
-use crate::util::smtp::free_port;
+use crate::util::net::{free_port, wait_for_port};
 use crate::util::*;
 use formwarden::lock::LockKey;
 use std::path::{Path, PathBuf};
@@ -96,15 +96,12 @@ impl Redis {
             .spawn()
             .expect("redis-server (scripts/install-test-deps.sh installs it)");
         self.child = Some(child);
-        let start = Instant::now();
-        while self.connect().is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not come up on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Up means answering PING, not only accepting connections.
+        assert!(
+            wait_until(Duration::from_secs(10), || self.connect().is_ok()),
+            "redis-server did not come up on port {}",
+            self.port
+        );
     }
 
     fn url(&self) -> String {
@@ -154,9 +151,7 @@ impl Redis {
 
     fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            let rc = unsafe { libc::kill(c.id() as i32, sig) };
-            assert_eq!(rc, 0, "kill({sig})");
+            assert!(procs::signal(c.id() as i32, sig), "kill({sig})");
         }
     }
 }
@@ -603,8 +598,7 @@ impl Balancer {
             .iter()
             .map(|p| format!("        server 127.0.0.1:{p};\n"))
             .collect();
-        // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 {
+        let user = if procs::effective_uid() == 0 {
             "user root;\n"
         } else {
             ""
@@ -631,15 +625,11 @@ impl Balancer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "balancer did not start: {log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "balancer did not start: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
         Balancer {
             child,
             port,
@@ -651,15 +641,15 @@ impl Balancer {
 impl Drop for Balancer {
     fn drop(&mut self) {
         // SIGTERM: nginx's fast shutdown, which takes its worker along.
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        procs::signal(self.child.id() as i32, libc::SIGTERM);
         let _ = self.child.wait();
     }
 }
 
 #[test]
 fn two_nginx_fastcgi_nodes_behind_one_balancer_serve_one_site() {
-    use crate::util::servers::{Client, Kind, Server, share_var};
+    use crate::util::http::Client;
+    use crate::util::servers::{Kind, Server, share_var};
     let redis = Redis::start();
     let [a, b] = nodes(&redis, "");
     share_var(&a);

@@ -238,13 +238,8 @@ fn the_first_admin_token_comes_over_http_from_a_bootstrap_digest() {
     let first = rotate("admin", secret);
     assert_eq!(first.status, 200, "{}", first.text());
     assert!(first.stderr.contains("remove the line"), "{}", first.stderr);
-    let token = first
-        .text()
-        .split("\"token\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the new token")
-        .to_string();
+    let token = json_field(&first.text(), "token");
+    assert!(token.starts_with("fwt_"), "the new token: {}", first.text());
     // Burnt: the admin profile has a token now.
     assert_eq!(rotate("admin", secret).status, 401);
     let deploy = rotate("deploy", &token);

@@ -5,10 +5,11 @@
 //! them, because each config can break a different part: the handler mapping, the
 //! `Authorization` header, the runtime root, the deny rules, the status codes.
 
-use crate::util::servers::{Client, Kind, Server, copy_tree, request, share_var, try_request};
+use crate::util::http::{Client, request, try_request};
+use crate::util::servers::{Kind, Server, copy_tree, share_var};
 use crate::util::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One `#[test]` per server kind for a check `fn check(kind: Kind)`, in a module named
 /// after the check, so that `webservers::full_flow` runs it everywhere.
@@ -312,17 +313,7 @@ fn lock_timeout_is_503(kind: Kind) {
     let a = request(server.port(), "GET", &server.path("captcha"), &[], b"");
     let took = t.elapsed();
     assert_eq!(a.status, 503, "{}\n{}", a.describe(), server.log());
-    assert_eq!(a.header("retry-after"), Some("1"));
-    assert!(
-        a.text()
-            .contains(&format!("Lock-Timeout nach 300ms: {}", key.as_str())),
-        "the body names the key: {}",
-        a.text()
-    );
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
-        "waited the bound, not more: {took:?}"
-    );
+    assert_lock_timeout_reply(a.status, a.header("retry-after"), &a.text(), took, &key);
     drop(held);
     let a = request(server.port(), "GET", &server.path("captcha"), &[], b"");
     assert_eq!(a.status, 200, "after release: {}", a.describe());
@@ -450,10 +441,10 @@ fn stopping_leaves_no_process(kind: Kind) {
     drop(server);
     let alive: Vec<u32> = pids
         .into_iter()
-        .filter(|&pid| crate::util::servers::running(pid))
-        .filter(|pid| {
+        .filter(|&pid| procs::running(pid))
+        .filter(|&pid| {
             // A pid may be reused at once by an unrelated process; only ours count.
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            procs::cmdline(pid).is_some_and(|c| {
                 [
                     "apache2", "nginx", "fcgiwrap", "captcha", "contact", "tokens",
                 ]
@@ -463,10 +454,7 @@ fn stopping_leaves_no_process(kind: Kind) {
         })
         .collect();
     assert!(alive.is_empty(), "still running after the drop: {alive:?}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "nothing listens on the port any more"
-    );
+    assert!(!net::accepts(port), "nothing listens on the port any more");
 }
 
 // ---------------------------------------------------------------------------------------

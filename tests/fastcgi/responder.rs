@@ -3,14 +3,14 @@
 //! deployment. A guard stops every process it started when the test ends, even on failure.
 
 use super::client::{Endpoint, GET_VALUES, GET_VALUES_RESULT, pairs, record};
-use crate::util::exe;
+use crate::util::net::free_port;
+use crate::util::{exe, procs, wait_for};
 use std::fs::File;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the responder logs when it closes on a peer not in `FCGI_WEB_SERVER_ADDRS`.
 pub const REFUSED_PEER_LOG: &str = "refused a connection from a peer not in FCGI_WEB_SERVER_ADDRS";
@@ -99,10 +99,7 @@ impl Spawn {
         let pidfile = dir.path().join("responder.pid");
         let mut cmd = Command::new("spawn-fcgi");
         let endpoint = if self.tcp {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("probe a free port")
-                .port();
+            let port = free_port();
             cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
             Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
         } else {
@@ -152,19 +149,19 @@ impl Spawn {
         }
         // Ready means answering FastCGI, not just a socket that accepts: spawn-fcgi binds
         // it before the executable runs, so connecting alone proves nothing.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let ready = wait_for(Duration::from_secs(10), || {
             if !r.alive() {
-                return Err(r.log());
+                return Some(false);
             }
             // A responder told to refuse us (FCGI_WEB_SERVER_ADDRS) is ready once it has
             // accepted and refused the probe.
-            if r.answers_get_values() || r.log().contains(REFUSED_PEER_LOG) {
-                return Ok(r);
-            }
-            thread::sleep(Duration::from_millis(20));
+            (r.answers_get_values() || r.log().contains(REFUSED_PEER_LOG)).then_some(true)
+        });
+        if ready == Some(true) {
+            Ok(r)
+        } else {
+            Err(r.log())
         }
-        Err(r.log())
     }
 }
 
@@ -174,7 +171,7 @@ impl Responder {
         if let Some(c) = self.child.as_mut() {
             return matches!(c.try_wait(), Ok(None));
         }
-        self.pids.iter().all(|&p| crate::util::servers::running(p))
+        self.pids.iter().all(|&p| procs::running(p))
     }
 
     /// True when the responder answers FCGI_GET_VALUES.
@@ -187,25 +184,18 @@ impl Responder {
             && matches!(c.read_record(), Ok((GET_VALUES_RESULT, 0, _)))
     }
 
-    /// What the responder logged so far (single-process responders only; forked children
-    /// log to /dev/null, as spawn-fcgi arranges).
-    /// Threads of the (first) responder process, from /proc.
+    /// Threads of the (first) responder process; 0 when it is gone.
     pub fn threads(&self) -> usize {
-        let pid = self
-            .child
+        self.child
             .as_ref()
             .map(Child::id)
-            .or(self.pids.first().copied());
-        let status = pid
-            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|n| n.trim().parse().ok())
+            .or(self.pids.first().copied())
+            .and_then(procs::threads)
             .unwrap_or(0)
     }
 
+    /// What the responder logged so far (single-process responders only; forked children
+    /// log to /dev/null, as spawn-fcgi arranges).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -218,7 +208,7 @@ impl Drop for Responder {
             let _ = c.wait();
         }
         for &p in &self.pids {
-            crate::util::servers::kill_hard(p as i32);
+            procs::kill_hard(p as i32);
         }
     }
 }

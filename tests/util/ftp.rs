@@ -8,15 +8,16 @@
 //! vsftpd starts as root (it switches to the logged-in account per session), so these
 //! tests need root, as CI gives them; scripts/install-test-deps.sh installs vsftpd and lftp.
 
-use super::servers::{Account, Group};
-use super::smtp::free_port;
+use super::net::free_port;
+use super::servers::{Account, Group, user_ids};
+use super::wait_for;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The uploading account and its password (a local account the tests create).
 pub const USER: &str = "fwdeploy";
@@ -38,12 +39,7 @@ fn ensure_account() -> (u32, u32) {
         );
         let home = Path::new("/var/lib/formwarden-test-ftp");
         std::fs::create_dir_all(home).expect("mkdir the FTP account's home");
-        let known = Command::new("id")
-            .arg("-u")
-            .arg(USER)
-            .output()
-            .expect("run id");
-        if !known.status.success() {
+        if user_ids(USER).is_none() {
             let st = Command::new("useradd")
                 .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
                 .arg(home)
@@ -62,18 +58,7 @@ fn ensure_account() -> (u32, u32) {
         )
         .expect("write chpasswd");
         assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .arg(flag)
-                .arg(USER)
-                .output()
-                .expect("run id");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("a numeric id")
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
+        let (uid, gid) = user_ids(USER).expect("useradd wrote the account to /etc/passwd");
         std::os::unix::fs::chown(home, Some(uid), Some(gid)).expect("chown home");
         (uid, gid)
     })
@@ -202,21 +187,24 @@ impl Ftp {
 
 /// Waits for the `220` greeting.
 fn wait_greeting(group: &Group, port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
+    wait_for(START_DEADLINE, || {
         if !group.is_running() {
-            return Err(format!("vsftpd exited (port {port} taken?)"));
+            return Some(Err(format!("vsftpd exited (port {port} taken?)")));
         }
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut line = String::new();
-            if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("220") {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err("no greeting in time".into())
+        greets(port).then_some(Ok(()))
+    })
+    .unwrap_or_else(|| Err("no greeting in time".into()))
+}
+
+/// True when a connection to `port` gets an FTP `220` greeting: a port that merely
+/// accepts may be vsftpd before it is ready to serve, or another test's server.
+fn greets(port: u16) -> bool {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("220")
 }
 
 /// A standalone vsftpd on loopback for one account folder. The sandboxing options that

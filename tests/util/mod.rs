@@ -3,6 +3,9 @@
 //! variables, body on stdin), and parses their answers.
 
 pub mod ftp;
+pub mod http;
+pub mod net;
+pub mod procs;
 pub mod release;
 pub mod servers;
 pub mod smtp;
@@ -25,31 +28,59 @@ pub fn client_key(addr: &str) -> String {
 /// the body, and an answer after the 300 ms bound but without hanging. Returns the message
 /// so the caller can look for it in the log it has (process stderr, responder log).
 pub fn assert_lock_timeout(a: &Answer, key: &formwarden::lock::LockKey) -> String {
-    assert_eq!(a.status, 503, "{}", a.text());
-    assert_eq!(a.header("retry-after"), Some("1"));
+    assert_lock_timeout_reply(a.status, a.header("retry-after"), &a.text(), a.elapsed, key)
+}
+
+/// [`assert_lock_timeout`] for an answer that came another way (through a web server):
+/// its status, `Retry-After` header, body and how long the request took.
+pub fn assert_lock_timeout_reply(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    elapsed: Duration,
+    key: &formwarden::lock::LockKey,
+) -> String {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after, Some("1"));
     let expected = format!("Lock-Timeout nach 300ms: {}", key.as_str());
+    assert!(body.contains(&expected), "body must name the key: {body}");
     assert!(
-        a.text().contains(&expected),
-        "body must name the key: {}",
-        a.text()
-    );
-    assert!(
-        !a.text().contains("/var/") && !a.text().contains("os error"),
-        "a lock timeout shows the key, never a path: {}",
-        a.text()
+        !body.contains("/var/") && !body.contains("os error"),
+        "a lock timeout shows the key, never a path: {body}"
     );
     // The bound is 300 ms: not an instant refusal, and no hang either.
     assert!(
-        a.elapsed >= Duration::from_millis(300),
-        "answered too early: {:?}",
-        a.elapsed
+        elapsed >= Duration::from_millis(300),
+        "answered too early: {elapsed:?}"
     );
     assert!(
-        a.elapsed < Duration::from_secs(5),
-        "took too long: {:?}",
-        a.elapsed
+        elapsed < Duration::from_secs(5),
+        "took too long: {elapsed:?}"
     );
     expected
+}
+
+/// Asks `probe` every 10 ms until it has an answer or `limit` has passed; `None` when it
+/// never had one. The limits callers give are margins for a loaded machine: the wait ends
+/// at the first answer, and nothing is asserted about how long that took. A probe that can
+/// tell early that the answer will never come (the process it waits for exited) answers
+/// that instead of letting the wait run out.
+pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(answer) = probe() {
+            return Some(answer);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_for`] a condition: true as soon as `ready` holds, false when it never did.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    wait_for(limit, || ready().then_some(())).is_some()
 }
 
 /// The test builds' clock switch (see `formwarden::state::now`).
@@ -332,15 +363,26 @@ pub fn solve_pow(id: &str, bits: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The value of `key` in a flat JSON answer (a string's contents, or a number as written);
-/// empty when absent. Enough for the captcha endpoint's JSON, whose values hold no quotes.
-pub fn json_field(json: &str, key: &str) -> String {
-    json.split(&format!("\"{key}\":"))
-        .nth(1)
-        .map(|r| r.trim_start_matches('"'))
-        .and_then(|r| r.split(['"', ',', '}']).next())
+/// The value at `path` in a JSON answer (`"id"`, or `"pow/bits"` inside an object), as
+/// text (see [`json_text`]); empty when absent. Panics when the answer is not JSON: every
+/// JSON answer of the executables must be.
+pub fn json_field(json: &str, path: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    value
+        .pointer(&format!("/{path}"))
+        .and_then(json_text)
         .unwrap_or_default()
-        .to_string()
+}
+
+/// A flat JSON value as text: a string's contents, a number or boolean as written; `None`
+/// for an array or object.
+pub fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+        other => Some(other.to_string()),
+    }
 }
 
 /// A valid contact form for challenge `(id, answer)`.

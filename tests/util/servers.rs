@@ -11,19 +11,16 @@
 //! signals the whole group and waits until no member is left: no server, fcgiwrap worker
 //! or CGI process outlives its test.
 //!
-//! Also here: a tiny HTTP/1.1 client over `TcpStream` (one request per connection, raw
-//! request targets so that `%2e%2e` reaches the server as written) with a cookie jar.
+//! Tests talk to them with the client in [`super::http`].
 
-use super::smtp::free_port;
-use super::{Site, exe};
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use super::http::Client;
+use super::net::{self, free_port};
+use super::{Site, exe, procs, wait_for, wait_until};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a server may take to answer after its start. They need well under a second;
 /// the margin is for a loaded CI machine, and the wait ends as soon as one answers.
@@ -33,8 +30,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a server is started again on a fresh port when another process took the
 /// port between our probe and the server's bind.
 const PORT_ATTEMPTS: usize = 5;
-/// How long one HTTP exchange may take before the client gives up with a clear message.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A `PATH` for the servers: they are started with a cleared environment.
 const SERVER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Debian's folder of Apache modules (the CI image is Debian).
@@ -68,7 +63,7 @@ impl Account {
     /// and switch users itself, such as vsftpd.
     pub fn caller() -> Account {
         Account {
-            uid: effective_uid(),
+            uid: procs::effective_uid(),
             gid: 0,
             switch: false,
         }
@@ -80,15 +75,9 @@ impl Account {
     }
 }
 
-/// The effective uid of this process.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
-}
-
 /// `nobody` when running as root, the current user otherwise.
 pub fn account() -> Account {
-    let euid = effective_uid();
+    let euid = procs::effective_uid();
     if euid != 0 {
         return Account {
             uid: euid,
@@ -96,18 +85,24 @@ pub fn account() -> Account {
             switch: false,
         };
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    let (uid, gid) = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == "nobody")
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .expect("a `nobody` account in /etc/passwd to run the web servers as");
+    let (uid, gid) =
+        user_ids("nobody").expect("a `nobody` account in /etc/passwd to run the web servers as");
     Account {
         uid,
         gid,
         switch: true,
     }
+}
+
+/// The uid and primary gid of local account `name`, from `/etc/passwd` (where `useradd`
+/// puts the accounts the tests create); `None` when there is no such account.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == name)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
 }
 
 /// Gives `path` and everything below it to the server account (a no-op when the tests do
@@ -272,16 +267,17 @@ impl Group {
     /// stays unreaped until [`Group::stop`], so its pid, which names the group, cannot be
     /// reused by another test's process while we may still signal the group.
     pub fn is_running(&self) -> bool {
-        running(self.child.id())
+        procs::running(self.child.id())
     }
 
     /// SIGTERM to the whole group, SIGKILL after the grace period, then reaps the leader.
     fn stop(&mut self) {
         let pgid = self.pgid();
-        signal_group(pgid, "TERM");
+        let group = -(pgid as i32);
+        procs::signal(group, libc::SIGTERM);
         if !wait_group_gone(pgid, STOP_GRACE) {
             eprintln!("{} (group {pgid}) ignored SIGTERM; killing it", self.name);
-            signal_group(pgid, "KILL");
+            procs::kill_hard(group);
             wait_group_gone(pgid, STOP_GRACE);
         }
         let _ = self.child.wait();
@@ -294,62 +290,9 @@ impl Drop for Group {
     }
 }
 
-/// True while process `pid` exists and has not exited (a zombie has).
-pub fn running(pid: u32) -> bool {
-    proc_state(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
-/// Sends SIGKILL to process `pid`, or to process group `-pid` when `pid` is negative;
-/// false when there was nothing to signal.
-pub fn kill_hard(pid: i32) -> bool {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
-}
-
-/// State letter and process group of a process, from `/proc/PID/stat`.
-fn proc_state(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; the fields after its last ')'
-    // are: state, ppid, pgrp.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let _ppid = f.next()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Live (not zombie) members of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|&pid| proc_state(pid).is_some_and(|(s, g)| g == pgid && s != 'Z'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Waits until group `pgid` has no live member; false on timeout.
 fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if group_members(pgid).is_empty() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    group_members(pgid).is_empty()
-}
-
-/// Sends `signal` to every process in group `pgid` (the shell's `kill` builtin, which
-/// every system has; the tests have no libc dependency).
-fn signal_group(pgid: u32, signal: &str) {
-    let _ = Command::new("sh")
-        .args(["-c", "kill -s \"$1\" -- \"-$2\" 2>/dev/null", "sh", signal])
-        .arg(pgid.to_string())
-        .status();
+    wait_until(limit, || procs::group_members(pgid).is_empty())
 }
 
 /// True when a unix socket at `path` is listening (from `/proc/net/unix`, so nothing
@@ -863,38 +806,34 @@ enum Ready {
 /// `port`. The pid check makes sure that whatever answers on the port is this server and
 /// not another test's that took the port first.
 fn wait_http_ready(group: &Group, port: u16, pid_file: &Path, logs: &[PathBuf]) -> Ready {
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
+    wait_for(START_DEADLINE, || {
         if !group.is_running() {
-            return if read_logs(logs).contains("Address already in use") {
+            return Some(if read_logs(logs).contains("Address already in use") {
                 Ready::PortTaken
             } else {
                 Ready::Failed
-            };
+            });
         }
         let own = std::fs::read_to_string(pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
             == Some(group.pgid());
-        if own && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ready::Yes;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ready::Failed
+        (own && net::accepts(port)).then_some(Ready::Yes)
+    })
+    .unwrap_or(Ready::Failed)
 }
 
 /// Waits until a backend listens on its unix socket; panics with its log otherwise.
 fn wait_socket(group: &Group, sock: &Path, log: &Path) {
-    let deadline = Instant::now() + START_DEADLINE;
-    while Instant::now() < deadline {
+    let listening = wait_for(START_DEADLINE, || {
         if unix_socket_listening(sock) {
-            return;
+            Some(true)
+        } else {
+            (!group.is_running()).then_some(false)
         }
-        if !group.is_running() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    });
+    if listening == Some(true) {
+        return;
     }
     panic!(
         "{} did not listen on {}:\n{}",
@@ -967,252 +906,7 @@ impl Server {
     pub fn pids(&self) -> Vec<u32> {
         self.groups
             .iter()
-            .flat_map(|g| group_members(g.pgid()))
+            .flat_map(|g| procs::group_members(g.pgid()))
             .collect()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP client
-// ---------------------------------------------------------------------------------------
-
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Reply {
-    /// The status code.
-    pub status: u16,
-    /// Headers in order, names lower-case.
-    pub headers: Vec<(String, String)>,
-    /// The body, de-chunked.
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// Status, headers and (text) body, for assertion messages.
-    pub fn describe(&self) -> String {
-        let heads: Vec<String> = self
-            .headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect();
-        let body = self.text();
-        let body: String = body.chars().take(2000).collect();
-        format!("{} {}\n\n{body}", self.status, heads.join("\n"))
-    }
-}
-
-/// One HTTP/1.1 request on a new connection (`Connection: close`); `target` is sent
-/// exactly as given, unnormalized. Panics with the raw answer when there is no complete
-/// HTTP answer.
-pub fn request(
-    port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    try_request(port, method, target, headers, body)
-        .unwrap_or_else(|why| panic!("{method} {target}: {why}"))
-}
-
-/// [`request`], with an incomplete or garbled answer as an error that quotes it.
-pub fn try_request(
-    port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Reply, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT))
-        .expect("read timeout");
-    s.set_write_timeout(Some(HTTP_TIMEOUT))
-        .expect("write timeout");
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body);
-    // A server may answer (413) and close before it read the whole body; its answer is
-    // then still there to read, so a failed send is only reported when nothing came.
-    let sent = s.write_all(&raw);
-    let mut answer = Vec::new();
-    // read_to_end keeps what arrived before an error (a reset after the answer).
-    let received = s.read_to_end(&mut answer);
-    parse_reply(&answer, method).map_err(|why| {
-        format!(
-            "{why} (send: {sent:?}, receive: {received:?}): {:?}",
-            String::from_utf8_lossy(&answer)
-        )
-    })
-}
-
-fn parse_reply(raw: &[u8], method: &str) -> Result<Reply, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of the header block")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty answer")?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let rest = &raw[end + 4..];
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v): &(String, String)| v.clone())
-    };
-    let body = if method == "HEAD" || status == 204 || status == 304 {
-        Vec::new()
-    } else if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| format!("bad Content-Length {len:?}"))?;
-        if rest.len() < len {
-            return Err(format!("body cut short: {} of {len} bytes", rest.len()));
-        }
-        rest[..len].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line without end")?;
-        let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| format!("bad chunk size {size_hex:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        if rest.len() < size + 2 {
-            return Err("chunk cut short".into());
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
-/// A browser in miniature: keeps cookies between requests to one server.
-pub struct Client {
-    port: u16,
-    cookies: BTreeMap<String, String>,
-}
-
-impl Client {
-    /// A client of the server on `port`.
-    pub fn new(port: u16) -> Client {
-        Client {
-            port,
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    /// The value of a cookie the server set.
-    pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.cookies.get(name).map(String::as_str)
-    }
-
-    /// A request with the jar's cookies; cookies the answer sets go into the jar.
-    pub fn send(
-        &mut self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Reply {
-        let jar: Vec<String> = self
-            .cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let jar = jar.join("; ");
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        if !jar.is_empty() {
-            all.push(("Cookie", &jar));
-        }
-        let reply = request(self.port, method, target, &all, body);
-        for (k, v) in &reply.headers {
-            if k != "set-cookie" {
-                continue;
-            }
-            let mut parts = v.split(';');
-            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
-                continue;
-            };
-            let expired = parts.any(|a| {
-                let a = a.trim().to_ascii_lowercase();
-                a == "max-age=0" || a.starts_with("max-age=-")
-            });
-            if expired {
-                self.cookies.remove(name.trim());
-            } else {
-                self.cookies
-                    .insert(name.trim().to_string(), value.trim().to_string());
-            }
-        }
-        reply
-    }
-
-    /// `GET target`.
-    pub fn get(&mut self, target: &str) -> Reply {
-        self.send("GET", target, &[], b"")
-    }
-
-    /// `POST target` with an urlencoded form.
-    pub fn post_form(&mut self, target: &str, fields: &[(&str, String)]) -> Reply {
-        let body = serde_urlencoded::to_string(fields).expect("encode form");
-        self.send(
-            "POST",
-            target,
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            body.as_bytes(),
-        )
     }
 }
