@@ -512,11 +512,22 @@ fn redis_killed_mid_burst_refuses_cleanly_admits_no_more_than_the_budget_and_com
     assert!(admitted <= stored, "admitted {admitted} > stored {stored}");
     assert!(stored <= 30, "over the budget: {stored}");
     assert!(after.iter().any(|a| a.status == 200 || a.status == 429));
-    assert_eq!(
-        after.iter().filter(|a| a.status == 503).count(),
-        0,
-        "back after the restart"
+    // Back means the store answers again: no "store unavailable" 503 (Retry-After: 5).
+    // Thirty processes on one key may still see the seed's lock-timeout answer
+    // (Retry-After: 1) on a loaded machine; that is contention, which the benchmark
+    // measures, not an unreachable store.
+    let unavailable: Vec<&Answer> = after
+        .iter()
+        .filter(|a| a.status == 503 && a.header("retry-after") != Some("1"))
+        .collect();
+    assert!(
+        unavailable.is_empty(),
+        "back after the restart: {:?}",
+        unavailable.iter().map(|a| a.text()).collect::<Vec<_>>()
     );
+    for a in after.iter().filter(|a| a.status == 503) {
+        assert!(a.text().contains("Lock-Timeout"), "{}", a.text());
+    }
 }
 
 #[test]
