@@ -35,7 +35,7 @@ const PATIENT: Duration = Duration::from_millis(3300);
 
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
+enum MessageOutcome {
     Delivered,
     Quarantined,
     Refused,
@@ -45,7 +45,7 @@ enum Fate {
 struct Attempt {
     marker: String,
     status: u16,
-    expect: Fate,
+    expect: MessageOutcome,
     note: String,
 }
 
@@ -165,7 +165,7 @@ fn parallel(n: usize, f: impl Fn(usize) -> Attempt + Sync) -> Vec<Attempt> {
 }
 
 /// The fate of every attempt from the runtime tree.
-fn fates(site: &Site, attempts: &[Attempt]) -> Vec<Fate> {
+fn fates(site: &Site, attempts: &[Attempt]) -> Vec<MessageOutcome> {
     let read = |rel: &str| -> String {
         util::walk(&site.var(rel))
             .iter()
@@ -178,13 +178,13 @@ fn fates(site: &Site, attempts: &[Attempt]) -> Vec<Fate> {
         .iter()
         .map(|a| {
             let fate = if delivered.contains(&a.marker) {
-                Fate::Delivered
+                MessageOutcome::Delivered
             } else if quarantined.contains(&a.marker) {
-                Fate::Quarantined
+                MessageOutcome::Quarantined
             } else {
-                Fate::Refused
+                MessageOutcome::Refused
             };
-            if fate == Fate::Refused {
+            if fate == MessageOutcome::Refused {
                 assert!(
                     (400..500).contains(&a.status),
                     "{}: answered {} but the message is nowhere: a lost message",
@@ -218,9 +218,9 @@ fn tally(class: &'static str, site: &Site, attempts: &[Attempt]) -> Row {
     Row {
         class,
         attempts: attempts.len(),
-        delivered: count(Fate::Delivered),
-        quarantined: count(Fate::Quarantined),
-        refused: count(Fate::Refused),
+        delivered: count(MessageOutcome::Delivered),
+        quarantined: count(MessageOutcome::Quarantined),
+        refused: count(MessageOutcome::Refused),
     }
 }
 
@@ -247,7 +247,7 @@ fn naive_filler(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Refused,
+        expect: MessageOutcome::Refused,
         note: format!("filled {names:?}"),
     }
 }
@@ -261,7 +261,7 @@ fn fast_sender(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Refused,
+        expect: MessageOutcome::Refused,
         note: format!("posted after {:?}", start.elapsed()),
     }
 }
@@ -281,11 +281,11 @@ fn replays(port: u16, site: &Site, n: usize) -> Vec<Attempt> {
             &[Attempt {
                 marker: m,
                 status: 200,
-                expect: Fate::Delivered,
+                expect: MessageOutcome::Delivered,
                 note: String::new()
             }]
         ),
-        [Fate::Delivered]
+        [MessageOutcome::Delivered]
     );
     (0..n)
         .map(|i| {
@@ -299,7 +299,7 @@ fn replays(port: u16, site: &Site, n: usize) -> Vec<Attempt> {
             Attempt {
                 marker: m,
                 status: r.status,
-                expect: Fate::Refused,
+                expect: MessageOutcome::Refused,
                 note: "replayed challenge".into(),
             }
         })
@@ -318,7 +318,11 @@ fn ocr_bot(port: u16, dir: &Path, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: if read { Fate::Delivered } else { Fate::Refused },
+        expect: if read {
+            MessageOutcome::Delivered
+        } else {
+            MessageOutcome::Refused
+        },
         note: format!("read {guess:?} for {answer:?}"),
     }
 }
@@ -340,7 +344,7 @@ fn link_spammer(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Quarantined,
+        expect: MessageOutcome::Quarantined,
         note: "four links".into(),
     }
 }
@@ -383,7 +387,7 @@ fn autofill_visitor(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Delivered,
+        expect: MessageOutcome::Delivered,
         note: format!("greedy {greedy}, filled {filled:?}"),
     }
 }
@@ -404,7 +408,7 @@ fn audio_visitor(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Delivered,
+        expect: MessageOutcome::Delivered,
         note: "listened".into(),
     }
 }
@@ -431,7 +435,7 @@ fn pow_visitor(port: u16, i: usize) -> Attempt {
     Attempt {
         marker: m,
         status: r.status,
-        expect: Fate::Delivered,
+        expect: MessageOutcome::Delivered,
         note: format!("{bits} bits"),
     }
 }
@@ -481,9 +485,9 @@ fn browser_ocr_bots(server: &Server, n: usize) -> Vec<Attempt> {
                 marker: format!("{m}-{i}x"),
                 status: value(&format!("ocrbot.{i}.status")).parse().unwrap_or(0),
                 expect: if guess.eq_ignore_ascii_case(&answer) && !guess.is_empty() {
-                    Fate::Delivered
+                    MessageOutcome::Delivered
                 } else {
-                    Fate::Refused
+                    MessageOutcome::Refused
                 },
                 note: format!("read {guess:?} for {answer:?}"),
             }
