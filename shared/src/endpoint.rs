@@ -350,6 +350,10 @@ fn test_hook_answer(resp: Response, _answer: &str) -> Response {
 /// Test builds only: a request with `X-Formwarden-Test-Panic` panics, so the suite can
 /// check what a handler bug does to a FastCGI responder built with the release profile.
 #[cfg(feature = "test-hooks")]
+#[allow(
+    clippy::panic,
+    reason = "the hook exists to panic, in test builds only"
+)]
 fn test_hook_panic(req: &Request) {
     if req.header("x-formwarden-test-panic").is_some() {
         panic!("test hook: a handler bug");

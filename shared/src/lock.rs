@@ -13,6 +13,11 @@
 //! ones of the same name, so a `fs2` import would silently call std anyway (see
 //! ARCHITECTURE.md).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "this is the lock runner, the one place that takes and releases flock locks (and removes orphan lock files)"
+)]
+
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions, TryLockError};
