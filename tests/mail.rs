@@ -566,3 +566,131 @@ fn the_mail_quota_holds_messages_back_and_never_loses_one() {
     assert_eq!(site.ls("mail-out").len(), 6, "every message went out once");
     assert!(site.ls("spool/new").is_empty());
 }
+
+/// A sendmail stand-in that always fails temporarily (EX_TEMPFAIL), and the `[mail]`
+/// section that uses it with `extra` settings.
+fn failing_sendmail(dir: &Path, extra: &str) -> String {
+    let stand_in = dir.join("sendmail");
+    std::fs::write(
+        &stand_in,
+        "#!/bin/sh\ncat >/dev/null\necho 'sendmail: queue full' >&2\nexit 75\n",
+    )
+    .expect("script");
+    let mut perm = std::fs::metadata(&stand_in).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&stand_in, perm).expect("chmod");
+    format!(
+        "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\n\
+         transport = \"sendmail\"\n{extra}[mail.sendmail]\ncommand = \"{}\"\n",
+        stand_in.display()
+    )
+}
+
+/// The spooled entry of message `name` in `folder`, as text.
+fn entry(site: &Site, folder: &str, name: &str) -> String {
+    std::fs::read_to_string(site.var(&format!("spool/{folder}/{name}"))).expect("spool entry")
+}
+
+#[test]
+fn the_backoff_spaces_attempts_and_max_age_gives_up_then_requeue_all_restarts_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let site = Site::with_mail(
+        "",
+        &failing_sendmail(
+            tmp.path(),
+            "retry_backoff_seconds = 600\nmax_age_hours = 1\nmax_attempts = 10\nretry_after_answer = false\n",
+        ),
+    );
+    // Two messages, each tried once at once (and failed): 202, kept.
+    assert_eq!(post_good(&site).status, 202);
+    assert_eq!(post_good(&site).status, 202);
+    let names = site.ls("spool/new");
+    assert_eq!(names.len(), 2);
+    let retry = |site: &Site| {
+        let out = site.cli("spool", &["retry", "--verbose"]);
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let attempts = |site: &Site| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| {
+                entry(site, "new", n)
+                    .lines()
+                    .find(|l| l.starts_with("attempts = "))
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+
+    // Inside the first backoff (600 s) nothing is tried.
+    let out = retry(&site);
+    assert!(
+        out.contains("delivered 0 deferred 0 failed 0 busy 0 waiting 2"),
+        "{out}"
+    );
+    assert_eq!(attempts(&site), ["attempts = 1", "attempts = 1"]);
+    // After it, both are tried again; the next wait is twice as long (1,200 s).
+    site.advance_clock(601);
+    let out = retry(&site);
+    assert!(out.contains("deferred 2"), "{out}");
+    assert_eq!(attempts(&site), ["attempts = 2", "attempts = 2"]);
+    site.advance_clock(601);
+    let out = retry(&site);
+    assert!(
+        out.contains("waiting 2"),
+        "the doubled backoff holds: {out}"
+    );
+    assert_eq!(attempts(&site), ["attempts = 2", "attempts = 2"]);
+
+    // Past max_age_hours (1 h since they were received), the next due run gives up on
+    // both: moved to failed/ with the reason, never deleted.
+    site.advance_clock(3600);
+    let out = retry(&site);
+    assert!(
+        out.contains("failed 2") && out.contains("older than 1 hours"),
+        "{out}"
+    );
+    assert!(site.ls("spool/new").is_empty());
+    assert_eq!(site.ls("spool/failed").len(), 2);
+
+    // `requeue all` brings both back with fresh counters; the age counts from the requeue.
+    let out = site.cli("spool", &["requeue", "all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "requeued 2 message(s)"
+    );
+    assert!(site.ls("spool/failed").is_empty());
+    assert_eq!(attempts(&site), ["attempts = 0", "attempts = 0"]);
+    let out = retry(&site);
+    assert!(
+        out.contains("deferred 2"),
+        "tried again, not given up: {out}"
+    );
+}
+
+#[test]
+fn an_unreadable_spool_entry_is_parked_in_failed_with_a_logged_reason() {
+    let site = Site::new();
+    let name = "1767225600-0123456789abcdef.toml";
+    std::fs::write(
+        site.var(&format!("spool/new/{name}")),
+        "this is = not [ a message",
+    )
+    .expect("corrupt entry");
+    let out = site.cli("spool", &["retry"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "cron hears of it: {log}");
+    assert!(
+        log.contains("unreadable") && log.contains("moved to failed/"),
+        "{log}"
+    );
+    assert!(site.ls("spool/new").is_empty());
+    assert_eq!(site.ls("spool/failed"), [name], "parked, byte for byte");
+    assert_eq!(entry(&site, "failed", name), "this is = not [ a message");
+}

@@ -260,3 +260,64 @@ fn a_bootstrap_digest_must_be_a_sha256() {
     assert_eq!(a.status, 500);
     assert!(a.stderr.contains("tokens.bootstrap_sha256"), "{}", a.stderr);
 }
+
+/// Verifies `secret` for `profile` over HTTP, as a web server's auth sub-request would.
+fn verify_status(site: &Site, profile: &str, secret: &str) -> u16 {
+    site.cgi("tokens", "GET")
+        .query(&format!("profile={profile}"))
+        .header("authorization", &format!("Bearer {secret}"))
+        .run()
+        .status
+}
+
+#[test]
+fn tokens_end_with_their_lifetime_and_revoke_all_ends_every_one() {
+    let site = Site::with(
+        "",
+        "[tokens.profiles.short]\nlifetime_seconds = 600\ngrace_seconds = 0\n",
+    );
+    let short = site.rotate("short");
+    assert_eq!(verify_status(&site, "short", &short), 204, "live at first");
+    site.advance_clock(599);
+    assert_eq!(
+        verify_status(&site, "short", &short),
+        204,
+        "live to its last second"
+    );
+    site.advance_clock(2);
+    assert_eq!(
+        verify_status(&site, "short", &short),
+        401,
+        "ended with its lifetime"
+    );
+    let out = site.tokens_cli(&["verify", "short", &short]);
+    assert_eq!(out.status.code(), Some(1), "the command line agrees");
+
+    // Two live tokens of one profile (the grace keeps the first), both ended at once.
+    let first = site.rotate("deploy");
+    let second = site.rotate("deploy");
+    assert_eq!(
+        (
+            verify_status(&site, "deploy", &first),
+            verify_status(&site, "deploy", &second)
+        ),
+        (204, 204)
+    );
+    let out = site.tokens_cli(&["revoke", "deploy", "all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "revoked 2 token(s)"
+    );
+    assert_eq!(
+        (
+            verify_status(&site, "deploy", &first),
+            verify_status(&site, "deploy", &second)
+        ),
+        (401, 401)
+    );
+}
