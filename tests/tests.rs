@@ -12,6 +12,7 @@ mod browser;
 mod captcha;
 mod check;
 mod contention;
+mod corrupt_state;
 mod deadlines;
 mod disclosure;
 mod fastcgi;
