@@ -9,8 +9,8 @@
 use crate::util::*;
 
 /// The ways one state file can be broken, by its valid text: cut off half-way, bytes that
-/// are not TOML, a number where text belongs and the reverse, and `future`, the valid
-/// text with a time stamp a year ahead.
+/// are not TOML, lists where numbers and text belong, negative numbers, and `future`, the
+/// valid text with a time stamp a year ahead.
 fn corruptions(valid: &str, future: &str) -> Vec<(&'static str, String)> {
     vec![
         ("truncated", valid[..valid.len() / 2].to_string()),
@@ -19,8 +19,32 @@ fn corruptions(valid: &str, future: &str) -> Vec<(&'static str, String)> {
             "\u{0}\u{1}PK\u{3}\u{4} not toml at all [[[".to_string(),
         ),
         ("wrong types", valid.replace(" = ", " = [\"x\"] #")),
+        ("out of range", out_of_range(valid)),
         ("future", future.to_string()),
     ]
+}
+
+/// `valid` with every number made negative, which no counter or time stamp can be.
+fn out_of_range(valid: &str) -> String {
+    valid
+        .lines()
+        .map(|l| match l.split_once(" = ") {
+            Some((k, v)) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+                format!("{k} = -{v}")
+            }
+            // A list of numbers (the quota's send times): each one negative.
+            Some((k, v)) if v.starts_with('[') && v.bytes().any(|b| b.is_ascii_digit()) => {
+                let items: Vec<String> = v
+                    .trim_matches(['[', ']'])
+                    .split(',')
+                    .map(|n| format!("-{}", n.trim()))
+                    .collect();
+                format!("{k} = [{}]", items.join(", "))
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The log says that `path` was reset and why.
