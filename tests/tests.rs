@@ -16,6 +16,7 @@ mod corrupt_state;
 mod deadlines;
 mod disclosure;
 mod fastcgi;
+mod filesystem_faults;
 mod floods;
 mod ftp_deploy;
 mod locking;
