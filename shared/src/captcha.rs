@@ -882,4 +882,148 @@ mod tests {
             answer_hash(&salt, "id", "aJp3")
         );
     }
+
+    /// What the model knows of one challenge.
+    #[derive(Debug, Clone, Copy)]
+    enum Known {
+        Live {
+            created: u64,
+            attempts: u32,
+            used: bool,
+        },
+        Gone,
+    }
+
+    /// One step: which challenge, how far time moves, and what is sent: the right
+    /// answer, a wrong one, or the right one under a time trap of `hold` seconds.
+    #[derive(Debug, Clone, Copy)]
+    enum Try {
+        Right,
+        Wrong,
+        RightHeld(u64),
+    }
+
+    const LIFETIME: u64 = 300;
+    const MAX_ATTEMPTS: u32 = 3;
+
+    /// The contract in plain words: unknown once gone; a used challenge never passes again
+    /// (and says whether wrong answers used it up); at its lifetime's end it expires and is
+    /// gone; an answer held by the time trap changes nothing; the right answer passes once;
+    /// wrong answers burn it at the limit.
+    fn model(k: &mut Known, t: Try, now: u64) -> Outcome {
+        let Known::Live {
+            created,
+            attempts,
+            used,
+        } = k
+        else {
+            return Outcome::Unknown;
+        };
+        if *used {
+            return if *attempts >= MAX_ATTEMPTS {
+                Outcome::Exhausted
+            } else {
+                Outcome::Used
+            };
+        }
+        if now >= *created + LIFETIME {
+            *k = Known::Gone;
+            return Outcome::Expired;
+        }
+        match t {
+            Try::RightHeld(hold) if now < *created + hold => Outcome::TooSoon,
+            Try::Right | Try::RightHeld(_) => {
+                *used = true;
+                Outcome::Passed
+            }
+            Try::Wrong => {
+                *attempts += 1;
+                if *attempts >= MAX_ATTEMPTS {
+                    *used = true;
+                    Outcome::Exhausted
+                } else {
+                    Outcome::Wrong {
+                        attempts_left: MAX_ATTEMPTS - *attempts,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Time steps that add up to the lifetime's end exactly, often: the edges are where a
+    /// model and a service part.
+    fn a_step() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        (0usize..4).prop_map(|i| [0, 1, 50, 100][i])
+    }
+
+    fn a_try() -> impl proptest::strategy::Strategy<Value = Try> {
+        use proptest::prelude::*;
+        // Held answers are the most common, so that challenges often live to their end.
+        prop_oneof![
+            1 => Just(Try::Right),
+            2 => Just(Try::Wrong),
+            4 => (0u64..400).prop_map(Try::RightHeld),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Random attempts at three challenges on real files, with time moving forward in
+        /// steps of 0, 1, 50 or 100 s (the lifetime is 300 s, so challenges expire within
+        /// a sequence, often exactly at its end): the
+        /// service's outcome is the model's at every step.
+        #[test]
+        fn verification_on_files_answers_like_the_plain_model(
+            ops in proptest::collection::vec((0usize..3, a_try(), a_step()), 1..40)
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let locks = LockRunner::new(
+                dir.path().join("lock"),
+                std::time::Duration::from_millis(300),
+                std::time::Duration::from_millis(25),
+            );
+            let service = CaptchaService::new(
+                dir.path().join("captcha"),
+                locks,
+                Settings {
+                    salt: "m0del-salt-0123456789abcdefghijklmnop".into(),
+                    lifetime: std::time::Duration::from_secs(LIFETIME),
+                    max_attempts: MAX_ATTEMPTS,
+                    length: 5,
+                    max_challenges: 1000,
+                    policy: Policy::Image,
+                    pow_bits: 0,
+                    pow_extra_bits: 0,
+                },
+            );
+            let mut now = 1_700_000_000;
+            let mut challenges = Vec::new();
+            let mut known = Vec::new();
+            for _ in 0..3 {
+                challenges.push(service.create(now, 0.0).expect("create"));
+                known.push(Known::Live { created: now, attempts: 0, used: false });
+            }
+            for (which, t, step) in ops {
+                now += step;
+                let c = &challenges[which];
+                let wrong = if c.answer == "AAAAA" { "BBBBB" } else { "AAAAA" };
+                let attempt = Attempt {
+                    answer: if matches!(t, Try::Wrong) { wrong } else { &c.answer },
+                    work: None,
+                    hold_sooner_than: match t {
+                        Try::RightHeld(hold) => Some(hold),
+                        _ => None,
+                    },
+                };
+                let got = service.verify(&c.id, &attempt, now).expect("verify").outcome;
+                proptest::prop_assert_eq!(got, model(&mut known[which], t, now), "{:?} at +{}", t, step);
+            }
+        }
+    }
 }

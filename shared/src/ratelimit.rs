@@ -342,4 +342,81 @@ mod tests {
         assert!(w.validate(100).is_err());
         assert!(w.validate(10_000).is_ok());
     }
+
+    /// The plain model of the limiter: per client, when its window opened and what it has
+    /// used of each budget.
+    #[derive(Default)]
+    struct Model {
+        windows: std::collections::HashMap<usize, (u64, u32, u32)>,
+    }
+
+    impl Model {
+        fn hit(&mut self, client: usize, post: bool, now: u64) -> Verdict {
+            let w = self.windows.entry(client).or_insert((now, 0, 0));
+            if now >= w.0 + L.window_seconds {
+                *w = (now, 0, 0);
+            }
+            let (used, max) = if post {
+                (&mut w.2, L.contact_max_post)
+            } else {
+                (&mut w.1, L.captcha_max_get)
+            };
+            if *used < max {
+                *used += 1;
+                Verdict::Admitted {
+                    remaining: max - *used,
+                }
+            } else {
+                Verdict::Limited {
+                    retry_after: (w.0 + L.window_seconds - now).max(1),
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Random requests of three clients, with time moving forward by 0 to 40 s (the
+        /// window is 60 s, so windows end in the middle of sequences): the limiter on real
+        /// files answers every request as the model does, and the stored counters are the
+        /// model's.
+        #[test]
+        fn the_limiter_on_files_answers_like_the_plain_model(
+            ops in proptest::collection::vec((0usize..3, proptest::bool::ANY, 0u64..40), 1..80)
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let locks = LockRunner::new(
+                dir.path().join("lock"),
+                std::time::Duration::from_millis(300),
+                std::time::Duration::from_millis(25),
+            );
+            let limiter = RateLimiter::new(dir.path().join("ratelimit"), locks, L);
+            let mut model = Model::default();
+            let mut now = 1_700_000_000;
+            let key = |c: usize| format!("{c:064x}");
+            for (client, post, step) in ops {
+                now += step;
+                let bucket = if post { Bucket::ContactPost } else { Bucket::CaptchaGet };
+                let got = limiter.hit(&key(client), bucket, now).expect("hit");
+                proptest::prop_assert_eq!(got, model.hit(client, post, now));
+            }
+            for (client, (start, get, post)) in &model.windows {
+                let stored: Window = match state::read(&limiter.path_of(&key(*client)), now)
+                    .expect("read")
+                {
+                    state::Loaded::Valid(w) => w,
+                    other => panic!("client {client}: {other:?}"),
+                };
+                proptest::prop_assert_eq!(
+                    (stored.window_start, stored.captcha_get, stored.contact_post),
+                    (*start, *get, *post)
+                );
+            }
+        }
+    }
 }
