@@ -410,4 +410,121 @@ mod tests {
         }
         assert!(crate::config::check_profile_name("deploy-2").is_ok());
     }
+
+    /// One step against one profile: rotate, verify the n-th token issued so far, revoke
+    /// it, revoke all, each after time moved forward.
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Rotate,
+        Verify(usize),
+        Revoke(usize),
+        RevokeAll,
+    }
+
+    /// Time steps that meet the 300 s lifetime and the 100 s grace exactly, often.
+    fn a_step() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        (0usize..4).prop_map(|i| [0u64, 1, 50, 100][i])
+    }
+
+    fn an_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Op::Rotate),
+            6 => (0usize..8).prop_map(Op::Verify),
+            1 => (0usize..8).prop_map(Op::Revoke),
+            1 => Just(Op::RevokeAll),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Random rotations, verifications and revocations of one profile on real files
+        /// (lifetime 300 s or none, grace 100 s, at most 3 tokens), time moving in steps
+        /// that meet lifetimes and grace ends exactly, against the plain model: a token
+        /// verifies while it was issued, not revoked, not pushed out by the three newer
+        /// ones, before its lifetime ends and, once a newer one exists, before the grace
+        /// after that rotation ends.
+        #[test]
+        fn the_token_service_on_files_answers_like_the_plain_model(
+            lifetime in proptest::option::of(proptest::strategy::Just(300u64)),
+            ops in proptest::collection::vec(
+                (an_op(), a_step()),
+                1..40,
+            )
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let locks = LockRunner::new(
+                dir.path().join("lock"),
+                Duration::from_millis(300),
+                Duration::from_millis(25),
+            );
+            let profile = TokenProfile {
+                lifetime: lifetime.map(Duration::from_secs),
+                grace: Duration::from_secs(100),
+                max_tokens: 3,
+            };
+            let service = TokenService::new(
+                dir.path().join("tokens"),
+                locks,
+                [("deploy".to_string(), profile)].into_iter().collect(),
+            );
+            // The model: every token issued, with its id, secret, the time it stops
+            // verifying (None: never by time) and whether it is still in the list.
+            struct Model { id: String, secret: String, until: Option<u64>, listed: bool }
+            let mut issued: Vec<Model> = Vec::new();
+            let mut now = 1_700_000_000;
+            for (op, step) in ops {
+                now += step;
+                match op {
+                    Op::Rotate => {
+                        let fresh = service.rotate("deploy", now).expect("rotate");
+                        for t in issued.iter_mut().filter(|t| t.listed) {
+                            let live = t.until.is_none_or(|u| now < u);
+                            let grace_end = now + 100;
+                            t.until = Some(t.until.map_or(grace_end, |u| u.min(grace_end)));
+                            t.listed = live && t.until.is_some_and(|u| now < u);
+                        }
+                        issued.push(Model {
+                            id: fresh.id,
+                            secret: fresh.secret,
+                            until: lifetime.map(|l| now + l),
+                            listed: true,
+                        });
+                        let listed: Vec<usize> = (0..issued.len()).filter(|&i| issued[i].listed).collect();
+                        for &i in listed.iter().take(listed.len().saturating_sub(3)) {
+                            issued[i].listed = false;
+                        }
+                    }
+                    Op::Verify(n) if n < issued.len() => {
+                        let t = &issued[n];
+                        let want = t.listed && t.until.is_none_or(|u| now < u);
+                        let got = service.verify("deploy", &t.secret, now).expect("verify");
+                        proptest::prop_assert_eq!(got, want, "token {} at {}", n, now);
+                    }
+                    Op::Revoke(n) if n < issued.len() => {
+                        let t = &issued[n];
+                        let want = usize::from(t.listed);
+                        let got = service.revoke("deploy", &t.id, now).expect("revoke");
+                        proptest::prop_assert_eq!(got, want, "revoke {}", n);
+                        issued[n].listed = false;
+                    }
+                    Op::RevokeAll => {
+                        let want = issued.iter().filter(|t| t.listed).count();
+                        let got = service.revoke("deploy", "all", now).expect("revoke all");
+                        proptest::prop_assert_eq!(got, want, "revoke all");
+                        for t in &mut issued {
+                            t.listed = false;
+                        }
+                    }
+                    Op::Verify(_) | Op::Revoke(_) => {}
+                }
+            }
+        }
+    }
 }
