@@ -26,7 +26,7 @@ Usage: python3 scripts/bench.py BIN_DIR [--static DIR] [--build NAME=DIR ...]
          [--floor PATH] [--floor-static PATH] [--rss PATH] [--redis-bindir DIR]
          [--only SECTIONS] [--quick] [--doc docs/PERFORMANCE.md]
 """
-import argparse, collections, datetime, hashlib, io, os, platform, re, secrets, shutil, signal, socket, \
+import argparse, collections, datetime, hashlib, io, os, platform, re, resource, secrets, shutil, signal, socket, \
     struct, subprocess, sys, tempfile, threading, time, urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,11 +101,40 @@ def run(cmd, env, body=b""):
 
 
 def spawn(cmd, env, body=b""):
-    """One process, timed from before the fork to after its exit; (seconds, stdout, stderr)."""
+    """One process, timed from before the fork to after its exit; (seconds, stdout, stderr,
+    exit code)."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate(body)
     return time.perf_counter() - t, out, err, p.returncode
+
+
+def cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def spawn_cpu(cmd, env, body=b""):
+    """spawn(), plus the CPU time (user + system) the process used: the growth of this
+    process's reaped-children total, so only for spawns made one at a time."""
+    c = cpu_children()
+    dt, out, err, rc = spawn(cmd, env, body)
+    return dt, cpu_children() - c, out, err
+
+
+def syscalls(cmd, env, body=b""):
+    """System calls of one run (strace -f -c): (total, {name: calls})."""
+    with tempfile.NamedTemporaryFile(prefix="fw-strace-", suffix=".txt") as f:
+        subprocess.run(["strace", "-f", "-c", "-q", "-o", f.name] + cmd, env=env, input=body, capture_output=True)
+        calls = {}
+        for line in open(f.name):
+            x = line.split()
+            if len(x) >= 5 and x[0][0].isdigit() and x[-1] != "total":
+                try:
+                    calls[x[-1]] = int(x[3])
+                except ValueError:
+                    pass
+    return sum(calls.values()), calls
 
 
 def answer_of(out):
@@ -264,9 +293,9 @@ def per_request(a, R):
     ]
     section(f"Per request, one process per request (CGI): p50/p90 of {a.runs} sequential spawns each, "
             "builds and baselines interleaved in blocks of 10")
-    base = collections.defaultdict(list)
-    samples = collections.defaultdict(list)
-    peak = {}
+    base, base_cpu = collections.defaultdict(list), collections.defaultdict(list)
+    samples, cpus = collections.defaultdict(list), collections.defaultdict(list)
+    peak, sys_calls = {}, {}
     for key, label, job in cases:
         done = 0
         while done < a.runs:
@@ -274,40 +303,59 @@ def per_request(a, R):
             for bname, bjob in baselines:
                 for _ in range(block):
                     cmd, env, body, _ = bjob()
-                    base[bname].append(spawn(cmd, env, body)[0])
+                    dt, cpu, _, _ = spawn_cpu(cmd, env, body)
+                    base[bname].append(dt)
+                    base_cpu[bname].append(cpu)
             for b in R.builds:
                 # Jobs are prepared outside the timed part (a POST needs a fresh challenge).
                 jobs = [job(b) for _ in range(block)]
                 for cmd, env, body, want in jobs:
-                    dt, out, err, _ = spawn(cmd, env, body)
+                    dt, cpu, out, err = spawn_cpu(cmd, env, body)
                     if not out.startswith(want):
                         raise SystemExit(f"{label} ({b.name}): unexpected answer {out[:120]!r} {err[:300]!r}")
                     samples[key, b.name].append(dt)
+                    cpus[key, b.name].append(cpu)
             done += block
         for b in R.builds:
             peak[key, b.name] = max(rss_of(R.rss, *job(b)[:3]) for _ in range(5))
+            if a.profile:
+                sys_calls[key, b.name] = syscalls(*job(b)[:3])
     for bname, bjob in baselines:
         peak[bname] = max(rss_of(R.rss, *bjob()[:3]) for _ in range(5))
+        if a.profile:
+            sys_calls[bname] = syscalls(*bjob()[:3])
 
     true50 = pct(base["/bin/true"], 0.5)
+    sc = lambda k: f"  {sys_calls[k][0]:4} syscalls" if k in sys_calls else ""
     print("  baselines (pooled over all rows):")
     for bname, _ in baselines:
         xs = base[bname]
         print(f"    {bname:<32} p50 {pct(xs, .5) * 1000:6.2f} ms  p90 {pct(xs, .9) * 1000:6.2f} ms"
-              f"  {pct(xs, .5) / true50:4.2f}x /bin/true  peak RSS {peak[bname] / 1024:4.2f} MiB")
+              f"  {pct(xs, .5) / true50:4.2f}x /bin/true  CPU p50 {pct(base_cpu[bname], .5) * 1000:5.2f} ms"
+              f"  peak RSS {peak[bname] / 1024:4.2f} MiB{sc(bname)}")
     R.true50 = true50
     R.floor50 = {k: pct(base[f"floor probe ({k})"], 0.5) for k in R.floors}
     for b in R.builds:
         fl = R.floor50[b.linkage]
         print(f"\n  {b.name} ({b.linkage}; ratios against /bin/true and the {b.linkage} floor probe):")
-        print(f"    {'':<36} {'p50':>8} {'p90':>8} {'x true':>7} {'x floor':>8} {'peak RSS':>9}")
+        print(f"    {'':<36} {'p50':>8} {'p90':>8} {'x true':>7} {'x floor':>8} {'CPU p50':>8} {'peak RSS':>9}")
         for key, label, _ in cases:
             xs = samples[key, b.name]
             p50 = pct(xs, .5)
-            R.cgi[key, b.name] = dict(p50=p50, p90=pct(xs, .9), rss=peak[key, b.name])
+            R.cgi[key, b.name] = dict(p50=p50, p90=pct(xs, .9), rss=peak[key, b.name], cpu=pct(cpus[key, b.name], .5))
             print(f"    {label:<36} {p50 * 1000:5.2f} ms {pct(xs, .9) * 1000:5.2f} ms {p50 / true50:6.2f}x "
-                  f"{p50 / fl:7.2f}x {peak[key, b.name] / 1024:5.2f} MiB")
-    print("  (peak RSS: the largest of 5 runs, through the static rss helper)")
+                  f"{p50 / fl:7.2f}x {R.cgi[key, b.name]['cpu'] * 1000:5.2f} ms {peak[key, b.name] / 1024:5.2f} MiB"
+                  f"{sc((key, b.name))}")
+    print("  (CPU: user + system time of the process; peak RSS: the largest of 5 runs, through the static rss helper;"
+          + (" syscalls: one run under strace -f -c" if a.profile else "") + ")")
+    if a.profile:
+        print("  system calls of one run, the most frequent (refused POST, CAPTCHA GET, token verify; floor probes):")
+        for k in [(key, b.name) for key in ("post_refused", "captcha", "verify") for b in R.builds] + [
+                n for n, _ in baselines[1:]]:
+            total, calls = sys_calls[k]
+            name = " ".join(k) if isinstance(k, tuple) else k
+            print(f"    {name:<30} {total:4}: " + ", ".join(
+                f"{c} {n}" for c, n in sorted(calls.items(), key=lambda kv: -kv[1])[:9]))
     if len(R.builds) > 1:
         print("\n  p50 of each build as a multiple of the first (" + R.builds[0].name + "):")
         for key, label, _ in cases:
@@ -592,7 +640,7 @@ def nginx_bench(a, R):
         cgi_sock = os.path.join(prefix, "run-cgi", "fcgiwrap.socket")
         procs.start(["fcgiwrap", "-c", str(a.fcgiwrap), "-s", f"unix:{cgi_sock}"], os.path.join(logs, "fcgiwrap.log"))
         wait_for(lambda: os.path.exists(cgi_sock), "fcgiwrap")
-        blocks, targets = [], {}
+        blocks, targets, responders = [], {}, {}
         cgi_conf = open(os.path.join(REPO, "deploy/nginx/cgi.conf")).read()
         fcgi_conf = open(os.path.join(REPO, "deploy/nginx/fastcgi.conf")).read()
         for i, b in enumerate(R.builds):
@@ -606,7 +654,8 @@ def nginx_bench(a, R):
                 shutil.copy(b(p), os.path.join(bin_dir, p))
             for p in ("captcha", "tokens"):
                 sock = os.path.join(sock_dir, f"{p}.sock")
-                procs.start(["spawn-fcgi", "-n", "-M", "0600", "-s", sock, "--", os.path.join(bin_dir, p)],
+                # spawn-fcgi -n execs the executable: this process is the responder.
+                responders[b.name, p] = procs.start(["spawn-fcgi", "-n", "-M", "0600", "-s", sock, "--", os.path.join(bin_dir, p)],
                             os.path.join(logs, f"{p}-{i}.log"), env=dict(PATH=os.environ["PATH"], FORMWARDEN_ROOT=root))
                 wait_for(lambda: os.path.exists(sock), f"spawn-fcgi {p}")
             for mode, conf in (("CGI", cgi_conf), ("FastCGI", fcgi_conf)):
@@ -677,9 +726,58 @@ http {{
                           f"   CGI {b.name} / {g}: {R.nginx[key, conns, b.name, 'CGI']['rps'] / R.nginx[key, conns, g, 'CGI']['rps']:5.2f}x")
         print(f"  (fcgiwrap -c {a.fcgiwrap}; one spawn-fcgi responder per executable and build; deploy/nginx/*.conf"
               " templated verbatim; nginx with 2 workers)")
+        if a.profile:
+            profile(a, R, targets, responders, lua, prefix)
     finally:
         procs.stop()
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+def profile(a, R, targets, responders, lua, prefix):
+    """What a FastCGI responder spends a CAPTCHA GET on (wrk -c8, a few seconds per build):
+    system calls per request (strace -c -f attached to the responder; strace slows it, the
+    counts stay) and, where perf works, where its samples fall (perf record, no call graphs;
+    the static executables are stripped, so their own code shows as addresses)."""
+    secs = max(2, a.wrk_seconds // 2)
+    print(f"\n  FastCGI responder profile, CAPTCHA GET, wrk -c8 for {secs} s per build:   [{others()}]")
+    have_perf = shutil.which("perf") and subprocess.run(["perf", "stat", "-e", "task-clock", "true"],
+                                                         capture_output=True).returncode == 0
+    for b in R.builds:
+        port, _ = targets[b.name, "FastCGI"]
+        pid = responders[b.name, "captcha"].pid
+        url = f"http://127.0.0.1:{port}/cgi-bin/captcha"
+        out = os.path.join(prefix, f"strace-{pid}.txt")
+        st = subprocess.Popen(["strace", "-f", "-c", "-q", "-o", out, "-p", str(pid)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        r = wrk(url, 8, secs, lua)
+        st.send_signal(signal.SIGINT)
+        st.wait()
+        calls = {}
+        for line in open(out):
+            f = line.split()
+            if len(f) >= 5 and f[0][0].isdigit() and f[-1] not in ("total",):
+                try:
+                    calls[f[-1]] = int(f[3])
+                except ValueError:
+                    pass
+        n = max(1, r["total"])
+        top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+        print(f"    {b.name:<14} syscalls per request ({n} requests under strace): "
+              + ", ".join(f"{k} {v / n:.1f}" for k, v in top) + "; memory: "
+              + ", ".join(f"{k} {calls.get(k, 0) / n:.1f}" for k in ("mmap", "munmap", "mprotect", "madvise", "brk")))
+        if have_perf:
+            data = os.path.join(prefix, f"perf-{pid}.data")
+            pr = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-o", data, "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            wrk(url, 8, secs, lua)
+            pr.send_signal(signal.SIGINT)
+            pr.wait()
+            rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym",
+                                  "--percent-limit", "2"], capture_output=True, text=True).stdout
+            rows = re.findall(r"^\s+([\d.]+)%\s+\[([.k])\]\s+(\S+)", rep, re.M)
+            print(f"    {'':<14} perf samples: " + ", ".join(
+                f"{sym}{' [k]' if k == 'k' else ''} {p}%" for p, k, sym in rows[:10]))
 
 
 def nginx_version():
@@ -886,6 +984,8 @@ def main():
     ap.add_argument("--only", default="cgi,contention,floods,nginx,store")
     ap.add_argument("--quick", action="store_true", help="a smoke run: every section, small counts")
     ap.add_argument("--runs", type=int)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the nginx figures: syscalls per request (strace) and perf samples of each responder")
     ap.add_argument("--doc", help="write the figures into this Markdown file (docs/PERFORMANCE.md)")
     a = ap.parse_args()
     q = a.quick

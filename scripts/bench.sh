@@ -9,8 +9,8 @@
 #   BENCH_ONLY=cgi,nginx bash scripts/bench.sh     some sections only (see scripts/bench.py)
 #
 # Runs on a fresh Debian machine as root: installs what it needs (nginx, fcgiwrap,
-# spawn-fcgi and redis-server through scripts/install-test-deps.sh; wrk, a C compiler and
-# musl-tools through apt). Builds, one cargo build at a time: the glibc release build with
+# spawn-fcgi and redis-server through scripts/install-test-deps.sh; wrk, strace, a C
+# compiler and musl-tools through apt; perf is used when present and working). Builds, one cargo build at a time: the glibc release build with
 # the test-only answer header (target/hooks, shared with the suite; contact POSTs need the
 # answer), the same with the Redis store (target/hooks-redis), and the static release
 # archive (scripts/release.sh, unpacked into target/bench-static). Load only ever goes to
@@ -34,6 +34,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v musl-gcc >/dev/null || need_apt+=(musl-tools)
 command -v python3 >/dev/null || need_apt+=(python3)
+# System-call counts per request (--profile); perf samples too where perf works here.
+command -v strace >/dev/null || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: missing ${need_apt[*]}; run as root (or install them) first" >&2
@@ -67,4 +69,4 @@ doc=()
 [ -n "$quick" ] || [ -n "${BENCH_ONLY:-}" ] || doc=(--doc docs/PERFORMANCE.md)
 python3 scripts/bench.py target/hooks/release --static "$static" \
   --redis-bindir target/hooks-redis/release --only "${BENCH_ONLY:-cgi,contention,floods,nginx,store}" \
-  "${doc[@]}" "$@"
+  --profile "${doc[@]}" "$@"
