@@ -1018,17 +1018,21 @@ def main():
     print(f"formwarden benchmark{' (--quick)' if q else ''}, {started}\nmachine: {machine()}\n"
           f"builds: " + "; ".join(f"{b.name} = {b.dir} ({b.linkage})" for b in R.builds))
     t0 = time.time()
-    if "cgi" in only:
-        per_request(a, R)
-    if "contention" in only:
-        contention(a, R)
-    if "floods" in only:
-        floods(a, R)
-    if "nginx" in only:
-        nginx_bench(a, R)
-    if "store" in only and a.redis_bindir:
-        stores(a, R)
+    failed = []
+    for name, fn in [("cgi", per_request), ("contention", contention), ("floods", floods), ("nginx", nginx_bench),
+                     ("store", stores)]:
+        if name not in only or (name == "store" and not a.redis_bindir):
+            continue
+        # A section that fails is reported and the run goes on: the other figures and the
+        # targets are still printed (and the exit status says that something failed).
+        try:
+            fn(a, R)
+        except (Exception, SystemExit) as e:
+            failed.append(name)
+            print(f"\n  SECTION {name} FAILED: {e!r}")
     rows = targets(a, R)
+    if failed:
+        print(f"\nfailed sections: {', '.join(failed)}")
     print(f"\n(whole run {time.time() - t0:.0f} s; machine at the end: {others()})")
     sys.stdout = tee.out
     if a.doc:
@@ -1036,6 +1040,8 @@ def main():
         cmd = "bash scripts/bench.sh" + (" --quick" if q else "")
         write_doc(a.doc, cmd, started, ended, tee.buf.getvalue(), rows)
         print(f"wrote {a.doc}")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
