@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+mod alloc;
 pub mod app;
 pub mod atomic;
 pub mod captcha;
