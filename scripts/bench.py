@@ -767,17 +767,31 @@ def profile(a, R, targets, responders, lua, prefix):
     counts stay) and, where perf works, where its samples fall (perf record, no call graphs;
     the static executables are stripped, so their own code shows as addresses)."""
     secs = max(2, a.wrk_seconds // 2)
-    print(f"\n  FastCGI responder profile, CAPTCHA GET, wrk -c8 for {secs} s per build:   [{others()}]")
+    print(f"\n  FastCGI responder profile, wrk -c8 for {secs} s per figure:   [{others()}]")
     have_perf = shutil.which("perf") and subprocess.run(["perf", "stat", "-e", "task-clock", "true"],
                                                          capture_output=True).returncode == 0
-    for b in R.builds:
-        port, _ = targets[b.name, "FastCGI"]
-        pid = responders[b.name, "captcha"].pid
-        url = f"http://127.0.0.1:{port}/cgi-bin/captcha"
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def ticks(pid):
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    for (prog, path, hdr), b in [(e, b) for e in (("captcha", "/cgi-bin/captcha", False),
+                                                   ("tokens", "/cgi-bin/tokens?profile=deploy", True))
+                                 for b in R.builds]:
+        port, tok = targets[b.name, "FastCGI"]
+        pid = responders[b.name, prog].pid
+        url = f"http://127.0.0.1:{port}{path}"
+        headers = [f"Authorization: Bearer {tok}"] if hdr else []
+        # The responder's own CPU time per request (user + system), without a tracer.
+        t = ticks(pid)
+        r = wrk(url, 8, secs, lua, headers)
+        cpu = (ticks(pid) - t) / hz / max(1, r["total"]) * 1000
+        print(f"    {b.name:<14} {'CAPTCHA GET' if prog == 'captcha' else 'token verify'}: {r['rps']:.0f} req/s,"
+              f" responder CPU {cpu:.3f} ms per request (the responder kept {cpu * r['rps'] / 1000:.2f} of the 2 CPUs busy)")
         out = os.path.join(prefix, f"strace-{pid}.txt")
         st = subprocess.Popen(["strace", "-f", "-c", "-q", "-o", out, "-p", str(pid)], stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        r = wrk(url, 8, secs, lua)
+        r = wrk(url, 8, secs, lua, headers)
         st.send_signal(signal.SIGINT)
         st.wait()
         calls = {}
@@ -798,7 +812,7 @@ def profile(a, R, targets, responders, lua, prefix):
             pr = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-o", data, "-p", str(pid)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.3)
-            wrk(url, 8, secs, lua)
+            wrk(url, 8, secs, lua, headers)
             pr.send_signal(signal.SIGINT)
             pr.wait()
             rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym",
@@ -993,7 +1007,9 @@ def write_doc(path, command, started, ended, text, rows):
     body = (f"{begin}\n## Last full run\n\n- when: {started} to {ended}\n- command: `{command}`\n"
             f"- machine: {machine()}\n"
             f"- what else was running: printed at the start of every section below ([machine at start: …]: "
-            f"load averages and any cargo/rustc/cc processes; nginx, wrk and redis-server are the benchmark's own)\n\n"
+            f"load averages, any cargo/rustc/cc processes, and the processes outside the benchmark that used more "
+            f"than 5 % of a CPU over a 0.3 s sample; the load averages include the benchmark's own nginx, wrk and "
+            f"responders)\n\n"
             f"### Targets\n\n| | target | measured |\n|---|---|---|\n{table}\n\n"
             f"### Output\n\n```text\n{text.rstrip()}\n```\n{end}")
     with open(path, "w") as f:
