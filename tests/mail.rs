@@ -513,7 +513,7 @@ fn the_mail_quota_holds_messages_back_and_never_loses_one() {
         "",
         "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\n\
          transport = \"file\"\nmax_per_hour = 3\nretry_backoff_seconds = 0\n\
-         [mail.file]\ndir = \"var/mail-out\"\n",
+         retry_after_answer = false\n[mail.file]\ndir = \"var/mail-out\"\n",
     );
     let posts: Vec<Cgi> = (0..6)
         .map(|i| {

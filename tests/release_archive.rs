@@ -68,7 +68,9 @@ fn every_executable_is_static_stripped_and_small() {
         let path = dir.join(f);
         let size = std::fs::metadata(&path).expect("meta").len();
         eprintln!("{f}: {size} bytes");
-        assert!(size <= 3 * 1024 * 1024, "{f} is {size} bytes");
+        // 3.25 MiB: the largest, captcha.cgi, was 3.09 MB before the static build's FastCGI
+        // allocator (mimalloc, shared/src/alloc.rs) and 3.19 MB with it.
+        assert!(size <= 3 * 1024 * 1024 + 256 * 1024, "{f} is {size} bytes");
         let headers = Command::new("readelf")
             .args(["-l", "-d", "-S", "-W"])
             .arg(&path)
