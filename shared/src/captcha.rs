@@ -968,26 +968,18 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 48,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(crate::model_testing::cases())]
 
         /// Random attempts at three challenges on real files, with time moving forward in
         /// steps of 0, 1, 50 or 100 s (the lifetime is 300 s, so challenges expire within
-        /// a sequence, often exactly at its end): the
-        /// service's outcome is the model's at every step.
+        /// a sequence, often exactly at its end): the service's outcome is
+        /// the model's at every step.
         #[test]
         fn verification_on_files_answers_like_the_plain_model(
             ops in proptest::collection::vec((0usize..3, a_try(), a_step()), 1..40)
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let locks = LockRunner::new(
-                dir.path().join("lock"),
-                std::time::Duration::from_millis(300),
-                std::time::Duration::from_millis(25),
-            );
+            let locks = crate::model_testing::locks(dir.path());
             let service = CaptchaService::new(
                 dir.path().join("captcha"),
                 locks,

@@ -24,6 +24,8 @@ pub mod json;
 pub mod layout;
 pub mod lock;
 pub mod mail;
+#[cfg(test)]
+mod model_testing;
 pub mod net;
 pub mod pages;
 pub mod quota;

@@ -375,11 +375,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 48,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(crate::model_testing::cases())]
 
         /// Random requests of three clients, with time moving forward by 0 to 40 s (the
         /// window is 60 s, so windows end in the middle of sequences): the limiter on real
@@ -390,11 +386,7 @@ mod tests {
             ops in proptest::collection::vec((0usize..3, proptest::bool::ANY, 0u64..40), 1..80)
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let locks = LockRunner::new(
-                dir.path().join("lock"),
-                std::time::Duration::from_millis(300),
-                std::time::Duration::from_millis(25),
-            );
+            let locks = crate::model_testing::locks(dir.path());
             let limiter = RateLimiter::new(dir.path().join("ratelimit"), locks, L);
             let mut model = Model::default();
             let mut now = 1_700_000_000;

@@ -438,11 +438,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 48,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(crate::model_testing::cases())]
 
         /// Random rotations, verifications and revocations of one profile on real files
         /// (lifetime 300 s or none, grace 100 s, at most 3 tokens), time moving in steps
@@ -459,11 +455,7 @@ mod tests {
             )
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let locks = LockRunner::new(
-                dir.path().join("lock"),
-                Duration::from_millis(300),
-                Duration::from_millis(25),
-            );
+            let locks = crate::model_testing::locks(dir.path());
             let profile = TokenProfile {
                 lifetime: lifetime.map(Duration::from_secs),
                 grace: Duration::from_secs(100),
