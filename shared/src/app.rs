@@ -49,7 +49,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<FileStamp>> {
     files
         .iter()
         .map(|f| {
-            std::fs::metadata(f).ok().map(|m| FileStamp {
+            crate::fsio::metadata(f).ok().map(|m| FileStamp {
                 dev: m.dev(),
                 ino: m.ino(),
                 len: m.len(),

@@ -12,15 +12,13 @@
 //! then no longer lengthens everyone's wait in a burst. Journal order keeps a later
 //! holder's committed rename from overtaking ours.
 
-#![allow(
-    clippy::disallowed_methods,
-    reason = "this is the atomic writer, the one place that writes, moves and removes state files"
-)]
+//!
+//! Every file operation here is a call into the filesystem seam (`fsio`), which a test
+//! build counts and can fail or crash at any step.
 
 use crate::error::{Error, Result};
+use crate::fsio;
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 thread_local! {
@@ -71,7 +69,7 @@ fn sync_dir_soon(dir: &Path) -> Result<()> {
 
 /// Creates `dir` (and what is missing above it): a shard's sub-folder on first use.
 pub(crate) fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))
+    fsio::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))
 }
 
 /// Prefix of temp files; sweeps remove old ones left by killed processes.
@@ -86,9 +84,7 @@ fn parent(path: &Path) -> &Path {
 
 /// Fsyncs a folder so that a rename or unlink in it survives a crash.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync dir", dir, e))
+    fsio::sync_dir(dir).map_err(|e| Error::io("fsync dir", dir, e))
 }
 
 fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
@@ -97,11 +93,7 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
 
 fn write_temp_with(path: &Path, bytes: &[u8], sync: bool) -> Result<tempfile::NamedTempFile> {
     let dir = parent(path);
-    let temp = || {
-        tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)
-    };
+    let temp = || fsio::temp_file_in(dir, TEMP_PREFIX);
     let mut tmp = match temp() {
         // A shard's sub-folder is made on first use (see `shard`).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -111,15 +103,16 @@ fn write_temp_with(path: &Path, bytes: &[u8], sync: bool) -> Result<tempfile::Na
         other => other,
     }
     .map_err(|e| Error::io("create temp file in", dir, e))?;
-    tmp.write_all(bytes)
+    let path = tmp.path().to_path_buf();
+    fsio::write_all(&mut tmp, &path, bytes)
         .and_then(|()| {
             if sync {
-                tmp.as_file().sync_all()
+                fsio::sync_file(tmp.as_file(), &path)
             } else {
                 Ok(())
             }
         })
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
+        .map_err(|e| Error::io("write", &path, e))?;
     Ok(tmp)
 }
 
@@ -157,13 +150,13 @@ pub fn stage(path: &Path) -> Result<Pending> {
 impl Pending {
     /// Appends `bytes` (empty for a prepared file) and renames the file over its target.
     pub fn commit(mut self, bytes: &[u8]) -> Result<()> {
-        self.tmp
-            .write_all(bytes)
-            .map_err(|e| Error::io("write", self.tmp.path(), e))?;
+        if !bytes.is_empty() {
+            let path = self.tmp.path().to_path_buf();
+            fsio::write_all(&mut self.tmp, &path, bytes)
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
         let target = self.target;
-        self.tmp
-            .persist(&target)
-            .map_err(|e| Error::io("rename onto", &target, e.error))?;
+        fsio::persist(self.tmp, &target).map_err(|e| Error::io("rename onto", &target, e))?;
         if self.durable {
             sync_dir_soon(parent(&target))
         } else {
@@ -175,8 +168,7 @@ impl Pending {
 /// Replaces `path` with `bytes`: temp → write → fsync → rename → fsync(dir).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = write_temp(path, bytes)?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename onto", path, e.error))?;
+    fsio::persist(tmp, path).map_err(|e| Error::io("rename onto", path, e))?;
     sync_dir_soon(parent(path))
 }
 
@@ -185,23 +177,20 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Used for state in `var/tmp/` (challenges, rate-limit windows), see ARCHITECTURE.md.
 pub fn write_ephemeral(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = write_temp_with(path, bytes, false)?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename onto", path, e.error))?;
-    Ok(())
+    fsio::persist(tmp, path).map_err(|e| Error::io("rename onto", path, e))
 }
 
 /// Creates `path` with `bytes`, failing if it already exists (spool entries must never
 /// overwrite one another). Same durability steps as [`write`].
 pub fn create_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = write_temp(path, bytes)?;
-    tmp.persist_noclobber(path)
-        .map_err(|e| Error::io("link new file", path, e.error))?;
+    fsio::persist_noclobber(tmp, path).map_err(|e| Error::io("link new file", path, e))?;
     sync_dir(parent(path))
 }
 
 /// Removes `path` durably; a file that is already gone counts as removed.
 pub fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+    match fsio::remove_file(path) {
         Ok(()) => sync_dir_soon(parent(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
@@ -210,7 +199,7 @@ pub fn remove(path: &Path) -> Result<()> {
 
 /// Moves `from` to `to` (same file system) durably, fsyncing both folders.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
+    fsio::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
     sync_dir_soon(parent(to))?;
     if parent(from) != parent(to) {
         sync_dir_soon(parent(from))?;

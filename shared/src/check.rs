@@ -77,7 +77,7 @@ fn filesystem(var: &Path) -> Finding {
 
 fn folders(layout: &Layout) -> Finding {
     for dir in layout.state_dirs() {
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = crate::fsio::create_dir_all(&dir) {
             return finding(
                 "folders",
                 false,
@@ -140,7 +140,7 @@ fn mail(config: &Config, root: &Path) -> Finding {
     match &config.mail.transport {
         Transport::Sendmail { command, .. } => {
             use std::os::unix::fs::PermissionsExt;
-            match std::fs::metadata(command) {
+            match crate::fsio::metadata(command) {
                 Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => finding(
                     "mail",
                     true,
@@ -171,7 +171,7 @@ fn mail(config: &Config, root: &Path) -> Finding {
             } else {
                 root.join(dir)
             };
-            let ok = std::fs::create_dir_all(&dir).is_ok();
+            let ok = crate::fsio::create_dir_all(&dir).is_ok();
             finding(
                 "mail",
                 ok,
@@ -205,12 +205,12 @@ fn store(config: &Config) -> Finding {
 fn protection(layout: &Layout, document_root: Option<&Path>) -> Finding {
     let var = layout.var();
     let inside = document_root.is_some_and(|d| var.starts_with(d))
-        || layout.root().join(".htaccess").exists()
-        || layout.root().join("index.html").exists();
+        || crate::fsio::exists(&layout.root().join(".htaccess"))
+        || crate::fsio::exists(&layout.root().join("index.html"));
     if !inside {
         return finding("protection", true, "var/ is outside the web root");
     }
-    let guard = std::fs::read_to_string(var.join(".htaccess")).unwrap_or_default();
+    let guard = crate::fsio::read_to_string(&var.join(".htaccess")).unwrap_or_default();
     if guard.contains("Require all denied") || guard.contains("Deny from all") {
         finding(
             "protection",
@@ -240,7 +240,7 @@ pub fn run(document_root: Option<&Path>) -> Vec<Finding> {
         ));
         return out;
     };
-    if !layout.var().is_dir() {
+    if !crate::fsio::is_dir(&layout.var()) {
         out.push(finding(
             "root",
             false,

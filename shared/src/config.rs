@@ -322,7 +322,7 @@ impl Checker<'_> {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::fsio::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::ConfigMissing {
@@ -475,16 +475,11 @@ fn check_stylesheet(url: &str) -> std::result::Result<String, &'static str> {
 
 /// One of the operator's list files; a missing file is an empty list.
 fn read_list(path: &Path) -> Result<Vec<String>> {
-    use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
+    let text = match crate::fsio::read_to_string_at_most(path, MAX_LIST_BYTES) {
+        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("read", path, e)),
     };
-    let mut text = String::new();
-    file.take(MAX_LIST_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| Error::io("read", path, e))?;
     if text.len() as u64 > MAX_LIST_BYTES {
         return Err(Error::config(
             path,

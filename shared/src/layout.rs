@@ -35,7 +35,7 @@ impl Layout {
         }
         let mut dir = exe?.parent()?;
         for _ in 0..=SEARCH_DEPTH {
-            if dir.join("var").join("config").is_dir() {
+            if crate::fsio::is_dir(&dir.join("var").join("config")) {
                 return Some(Layout::new(dir));
             }
             dir = dir.parent()?;
@@ -86,7 +86,7 @@ impl Layout {
     /// Creates every folder the runtime writes to (cheap when they exist).
     pub fn create_state_dirs(&self) -> crate::Result<()> {
         for dir in self.state_dirs() {
-            std::fs::create_dir_all(&dir)
+            crate::fsio::create_dir_all(&dir)
                 .map_err(|e| crate::Error::io("create folder", &dir, e))?;
         }
         Ok(())

@@ -189,7 +189,7 @@ fn smtp_transport(s: &SmtpConfig) -> Result<SmtpTransport, SendError> {
     let tls_params = || -> Result<TlsParameters, SendError> {
         let mut builder = TlsParameters::builder(s.host.clone());
         if let Some(ca) = &s.ca_file {
-            let pem = std::fs::read(ca)
+            let pem = crate::fsio::read(ca)
                 .map_err(|e| temp(format!("mail.smtp.ca_file {}: {e}", ca.display())))?;
             let cert = Certificate::from_pem(&pem)
                 .map_err(|e| temp(format!("mail.smtp.ca_file {}: {e}", ca.display())))?;
@@ -241,7 +241,7 @@ pub fn send(
             } else {
                 root.join(dir)
             };
-            std::fs::create_dir_all(&dir)
+            crate::fsio::create_dir_all(&dir)
                 .map_err(|e| SendError::Temporary(format!("{}: {e}", dir.display())))?;
             // create_new: a retried delivery never overwrites (nor duplicates) a file.
             match crate::atomic::create_new(&dir.join(format!("{id}.eml")), &message.formatted()) {

@@ -387,7 +387,7 @@ fn operator_template(ctx: &PageCtx) -> Option<String> {
         "page.html".to_string(),
     ] {
         let path = dir.join(&name);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Ok(text) = crate::fsio::read_to_string(&path) else {
             continue;
         };
         if text.contains("{{main}}") {

@@ -8,6 +8,7 @@
 use crate::cgi::Request;
 use crate::handler::Handler;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -93,7 +94,7 @@ fn cgi_watchdog(deadline: &crate::deadline::Guard, answered: Arc<AtomicBool>) {
 /// (Apache and fcgiwrap wait for both to close before they finish the response).
 fn close_output() {
     let _ = std::io::stdout().flush();
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+    if let Ok(null) = crate::fsio::open_existing_for_write(Path::new("/dev/null")) {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2(2) onto our own standard descriptors.
         unsafe {

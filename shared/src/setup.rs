@@ -13,10 +13,10 @@ pub fn ensure_runtime(root: &Path) -> Result<bool> {
     let layout = Layout::new(root);
     layout.create_state_dirs()?;
     for dir in [layout.config_dir(), layout.var().join("mail-out")] {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
+        crate::fsio::create_dir_all(&dir).map_err(|e| Error::io("create folder", &dir, e))?;
     }
     let config = layout.config_file();
-    if config.exists() {
+    if crate::fsio::exists(&config) {
         return Ok(false);
     }
     let salt = crate::random::hex(&crate::random::bytes::<32>()?);

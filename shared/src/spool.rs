@@ -219,7 +219,7 @@ impl Spool {
             Folder::Quarantine,
         ] {
             let path = self.path(f, id);
-            match std::fs::read_to_string(&path) {
+            match crate::fsio::read_to_string(&path) {
                 Ok(text) => return Ok(Some(text)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("read", &path, e)),

@@ -61,7 +61,7 @@ pub fn read<T: DeserializeOwned + Validate>(path: &Path, now: u64) -> Result<Loa
 
 /// The bytes of the state file at `path`; `None` when there is none.
 fn read_raw(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
+    match crate::fsio::read(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", path, e)),
@@ -225,7 +225,7 @@ impl Listed {
     /// listings only count or name their files, and a stat per file would be I/O on a
     /// visitor's request for nothing.
     pub fn modified(&self) -> u64 {
-        std::fs::symlink_metadata(&self.path)
+        crate::fsio::symlink_metadata(&self.path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -236,7 +236,7 @@ impl Listed {
 /// The state files in `dir` whose names end in `suffix`, temp files left out. A missing
 /// folder is empty.
 pub fn list(dir: &Path, suffix: &str) -> Result<Vec<Listed>> {
-    let rd = match std::fs::read_dir(dir) {
+    let rd = match crate::fsio::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("list", dir, e)),
@@ -262,7 +262,7 @@ pub fn list(dir: &Path, suffix: &str) -> Result<Vec<Listed>> {
 
 /// True when a file exists at `path` (no lock needed: it answers for this instant only).
 pub fn exists(path: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(path) {
+    match crate::fsio::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io("look up", path, e)),

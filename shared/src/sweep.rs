@@ -31,7 +31,7 @@ const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Removes `.tmp-*` files older than an hour from `dir`.
 fn remove_old_temps(dir: &Path) -> Result<usize> {
     let mut removed = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Ok(rd) = crate::fsio::read_dir(dir) else {
         return Ok(0);
     };
     for entry in rd.flatten() {
@@ -43,8 +43,7 @@ fn remove_old_temps(dir: &Path) -> Result<usize> {
             // Only temp files need a stat.
             continue;
         }
-        let old = entry
-            .metadata()
+        let old = crate::fsio::symlink_metadata(&entry.path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())

@@ -65,7 +65,8 @@ impl RedisStore {
         let client = match &cfg.ca_file {
             None => redis::Client::open(cfg.url.as_str()).map_err(bad_url)?,
             Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| Error::io("read store.ca_file", ca, e))?;
+                let pem =
+                    crate::fsio::read(ca).map_err(|e| Error::io("read store.ca_file", ca, e))?;
                 let certs = redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
