@@ -19,6 +19,7 @@ mod fastcgi;
 mod filesystem_faults;
 mod floods;
 mod ftp_deploy;
+mod io_faults;
 mod locking;
 mod mail;
 mod privacy;

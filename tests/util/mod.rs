@@ -2,6 +2,7 @@
 //! executables as CGI processes, the way a web server would (clean environment, RFC 3875
 //! variables, body on stdin), and parses their answers.
 
+pub mod faults;
 pub mod ftp;
 pub mod http;
 pub mod net;
@@ -236,14 +237,20 @@ impl Site {
 
     /// Runs an operator command (`tokens`, `spool`) against this site.
     pub fn cli(&self, bin: &str, args: &[&str]) -> std::process::Output {
-        Command::new(exe(bin))
-            .args(args)
+        self.cli_command(bin, args)
+            .output()
+            .expect("run operator command")
+    }
+
+    /// The operator command `bin args` against this site, not yet started.
+    pub fn cli_command(&self, bin: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(exe(bin));
+        cmd.args(args)
             .env_clear()
             .env("FORMWARDEN_ROOT", self.root())
             .env(CLOCK_SKEW_ENV, self.skew.get().to_string())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run operator command")
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// The stored rate-limit counter `field` (`captcha_get`, `contact_post`) of client
