@@ -13,6 +13,7 @@ mod captcha;
 mod check;
 mod contention;
 mod corrupt_state;
+mod crashes;
 mod deadlines;
 mod disclosure;
 mod fastcgi;
