@@ -11,6 +11,8 @@
 //! environment once and can then, at step N:
 //! - `FORMWARDEN_TEST_IO_FAULT=N` fail that one step with `EIO`, and `N+` fail it and
 //!   every later one (a disk that went away);
+//! - with `FORMWARDEN_TEST_IO_ERRNO=ENOSPC` (or `EACCES`, `EROFS`) fail with that error
+//!   instead (a full disk, a permission taken away, a read-only remount);
 //! - `FORMWARDEN_TEST_IO_KILL=N` kill the process with SIGKILL before the step runs (a
 //!   crash at that point: nothing after it happens, no destructor runs);
 //! - `FORMWARDEN_TEST_IO_TRACE=1` print every step (`fsio step N: op path`) to stderr.
@@ -184,6 +186,12 @@ mod plan {
         kill_at: Option<u64>,
         /// Print every step.
         trace: bool,
+        /// The error a failed step returns, and its name.
+        errno: (libc::c_int, &'static str),
+        /// A copy of the process's first stderr, where announcements go: a CGI process
+        /// points fd 2 at `/dev/null` once it has answered (`run`), and the steps after
+        /// that must still be heard.
+        announce: libc::c_int,
     }
 
     fn plan() -> &'static Plan {
@@ -199,10 +207,34 @@ mod plan {
                 p.fail_at = n.parse().ok();
                 p.fail_on = on;
             }
+            p.errno = match var("FORMWARDEN_TEST_IO_ERRNO").as_deref() {
+                Some("ENOSPC") => (libc::ENOSPC, "ENOSPC"),
+                Some("EACCES") => (libc::EACCES, "EACCES"),
+                Some("EROFS") => (libc::EROFS, "EROFS"),
+                _ => (libc::EIO, "EIO"),
+            };
             p.kill_at = var("FORMWARDEN_TEST_IO_KILL").and_then(|v| v.parse().ok());
             p.trace = var("FORMWARDEN_TEST_IO_TRACE").is_some();
+            p.announce = if p.fail_at.is_some() || p.kill_at.is_some() || p.trace {
+                // SAFETY: dup(2) of our own stderr; the copy lives as long as the process.
+                unsafe { libc::dup(2) }
+            } else {
+                -1
+            };
             p
         })
+    }
+
+    /// Writes one line to the saved stderr.
+    fn announce(p: &Plan, line: &str) {
+        if p.announce < 0 {
+            return;
+        }
+        let line = format!("{line}\n");
+        // SAFETY: write(2) of a live buffer to a descriptor this module owns.
+        unsafe {
+            libc::write(p.announce, line.as_ptr().cast(), line.len());
+        }
     }
 
     /// Steps taken by this process so far.
@@ -215,10 +247,13 @@ mod plan {
         }
         let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
         if p.trace {
-            eprintln!("fsio step {n}: {op} {}", path.display());
+            announce(p, &format!("fsio step {n}: {op} {}", path.display()));
         }
         if p.kill_at == Some(n) {
-            eprintln!("fsio: SIGKILL at step {n}: {op} {}", path.display());
+            announce(
+                p,
+                &format!("fsio: SIGKILL at step {n}: {op} {}", path.display()),
+            );
             // SAFETY: kill(2) on our own pid; it does not return.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
@@ -230,8 +265,15 @@ mod plan {
             None => false,
         };
         if fails {
-            eprintln!("fsio: injected EIO at step {n}: {op} {}", path.display());
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            announce(
+                p,
+                &format!(
+                    "fsio: injected {} at step {n}: {op} {}",
+                    p.errno.1,
+                    path.display()
+                ),
+            );
+            return Err(io::Error::from_raw_os_error(p.errno.0));
         }
         Ok(())
     }

@@ -65,6 +65,18 @@ pub enum Transport {
     Smtp(SmtpConfig),
 }
 
+impl Transport {
+    /// The file transport's folder, resolved against the runtime root (a relative `dir`
+    /// is relative to it); `None` for the other transports.
+    pub fn file_dir(&self, root: &Path) -> Option<PathBuf> {
+        match self {
+            Transport::File { dir } if dir.is_absolute() => Some(dir.clone()),
+            Transport::File { dir } => Some(root.join(dir)),
+            _ => None,
+        }
+    }
+}
+
 /// SMTP transport settings.
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
@@ -235,12 +247,8 @@ pub fn send(
             })
         }
         Transport::Sendmail { command, timeout } => sendmail(command, *timeout, message),
-        Transport::File { dir } => {
-            let dir = if dir.is_absolute() {
-                dir.clone()
-            } else {
-                root.join(dir)
-            };
+        Transport::File { .. } => {
+            let dir = config.transport.file_dir(root).unwrap_or_default();
             crate::fsio::create_dir_all(&dir)
                 .map_err(|e| SendError::Temporary(format!("{}: {e}", dir.display())))?;
             // create_new: a retried delivery never overwrites (nor duplicates) a file.

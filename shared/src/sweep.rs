@@ -56,6 +56,18 @@ fn remove_old_temps(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// Every unsharded folder a killed process can leave a temp file in: the state folders,
+/// `var/tmp/` itself (the sweep marker), `var/config/` (the first start writes the config
+/// there) and the file transport's folder (each `.eml` is written through a temp file).
+/// The crash sweep (tests/crashes.rs) found the last three missing.
+fn temp_dirs(app: &App) -> Vec<std::path::PathBuf> {
+    let mut dirs = app.layout.state_dirs();
+    dirs.push(app.layout.tmp_dir());
+    dirs.push(app.layout.config_dir());
+    dirs.extend(app.config.mail.transport.file_dir(app.layout.root()));
+    dirs
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Marker {
@@ -147,7 +159,7 @@ fn step(app: &App, shard: usize, now: u64, budget: usize) -> Result<(Swept, bool
         temps += remove_old_temps(&dir.join(&name))?;
     }
     if shard == 0 {
-        for dir in app.layout.state_dirs() {
+        for dir in temp_dirs(app) {
             temps += remove_old_temps(&dir)?;
         }
     }

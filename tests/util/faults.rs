@@ -22,15 +22,22 @@ pub enum Fault {
     From(u32),
     /// SIGKILL the process before step N.
     Kill(u32),
+    /// Fail step N and every later one with a named error (`ENOSPC`: the disk is full;
+    /// `EACCES`: the permission went away).
+    FromWith(u32, &'static str),
 }
 
 impl Fault {
     /// The environment variable that asks a test build for it.
-    pub fn env(self) -> (&'static str, String) {
+    pub fn env(self) -> Vec<(&'static str, String)> {
         match self {
-            Fault::Once(n) => ("FORMWARDEN_TEST_IO_FAULT", n.to_string()),
-            Fault::From(n) => ("FORMWARDEN_TEST_IO_FAULT", format!("{n}+")),
-            Fault::Kill(n) => ("FORMWARDEN_TEST_IO_KILL", n.to_string()),
+            Fault::Once(n) => vec![("FORMWARDEN_TEST_IO_FAULT", n.to_string())],
+            Fault::From(n) => vec![("FORMWARDEN_TEST_IO_FAULT", format!("{n}+"))],
+            Fault::Kill(n) => vec![("FORMWARDEN_TEST_IO_KILL", n.to_string())],
+            Fault::FromWith(n, errno) => vec![
+                ("FORMWARDEN_TEST_IO_FAULT", format!("{n}+")),
+                ("FORMWARDEN_TEST_IO_ERRNO", errno.to_string()),
+            ],
         }
     }
 
@@ -38,7 +45,7 @@ impl Fault {
     pub fn fired(self, stderr: &str) -> bool {
         match self {
             Fault::Kill(_) => stderr.contains("fsio: SIGKILL at step"),
-            _ => stderr.contains("fsio: injected EIO at step"),
+            _ => stderr.contains("fsio: injected "),
         }
     }
 
@@ -96,13 +103,10 @@ impl Ran {
 
 /// Runs a CGI request to completion with optional extra environment.
 pub fn run_cgi(c: Cgi, fault: Option<Fault>) -> Ran {
-    let c = match fault {
-        Some(f) => {
-            let (k, v) = f.env();
-            c.var(k, &v)
-        }
-        None => c,
-    };
+    let c = fault
+        .into_iter()
+        .flat_map(Fault::env)
+        .fold(c, |c, (k, v)| c.var(k, &v));
     let out = c.spawn().wait_with_output().expect("wait");
     Ran::from_output(&out, true)
 }
@@ -110,10 +114,7 @@ pub fn run_cgi(c: Cgi, fault: Option<Fault>) -> Ran {
 /// Runs an operator command with an optional fault.
 pub fn run_cli(site: &Site, bin: &str, args: &[&str], fault: Option<Fault>) -> Ran {
     let mut cmd = site.cli_command(bin, args);
-    if let Some(f) = fault {
-        let (k, v) = f.env();
-        cmd.env(k, v);
-    }
+    cmd.envs(fault.into_iter().flat_map(Fault::env));
     let out = cmd.output().expect("run operator command");
     Ran::from_output(&out, false)
 }
@@ -607,10 +608,7 @@ pub fn run_preview(root: &Path, fault: Option<Fault>) -> Ran {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(f) = fault {
-        let (k, v) = f.env();
-        cmd.env(k, v);
-    }
+    cmd.envs(fault.into_iter().flat_map(Fault::env));
     let mut child = cmd.spawn().expect("start preview");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
