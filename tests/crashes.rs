@@ -37,26 +37,13 @@ fn kill_at_every_step(index: usize) -> u32 {
         let ran = (scenario.act)(&ctx, Some(fault));
         let fired = fault.fired(&ran.stderr);
         let what = format!("{} killed at step {n}", scenario.name);
-        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checked(&what, &ran, || {
             (scenario.judge)(&ctx, &ran, Some(fault));
-            let root = ctx
-                .site
-                .as_ref()
-                .map(|s| s.root().to_path_buf())
-                .or_else(|| ctx.tree.as_ref().map(|t| t.path().to_path_buf()))
-                .expect("a tree");
+            let root = ctx.root();
             validate_tree(&root);
             (scenario.after)(&ctx, &ran);
             sweep_leftovers(&root, &what);
-        }));
-        if let Err(e) = checked {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("{what}: {msg}\n--- its log:\n{}", ran.stderr);
-        }
+        });
         if !fired {
             assert!(n > 1, "{what}: the path does I/O at all");
             println!(
@@ -161,13 +148,9 @@ fn a_thousand_random_kills_across_mixed_traffic_leave_whole_state_and_lose_nothi
                             2 | 3 => {
                                 // The challenge comes from an unkilled GET (not counted in
                                 // the kills, but counted as a request of its client).
-                                let got = Cgi::new(root, "captcha", "GET").remote_addr(&addr).run();
-                                assert_eq!(got.status, 200, "{}", got.text());
-                                let id = got.cookie("fw_captcha").expect("challenge");
-                                let answer = got
-                                    .header("x-formwarden-test-answer")
-                                    .expect("test hook")
-                                    .to_string();
+                                let (id, answer) = challenge_of(
+                                    &Cgi::new(root, "captcha", "GET").remote_addr(&addr).run(),
+                                );
                                 done.push(Job {
                                     kind: "captcha",
                                     addr: addr.clone(),

@@ -12,24 +12,19 @@ use crate::util::faults::*;
 /// Runs `scenario` with fault `make(n)` for n = 1, 2, … until a run no longer reaches its
 /// fault; returns how many steps the path has (its fault points).
 fn sweep(scenario: &Scenario, make: fn(u32) -> Fault) -> u32 {
-    // A bound against a path that never ends; real paths have a few hundred steps at most
-    // (the full sweep visits every shard).
+    // A bound against a path that never ends; the longest real one, the full sweep that
+    // visits every shard, has about 1,600 steps.
     const MAX_STEPS: u32 = 5000;
     for n in 1..=MAX_STEPS {
         let fault = make(n);
         let ctx = (scenario.prepare)();
-        let root = ctx
-            .site
-            .as_ref()
-            .map(|s| s.root().to_path_buf())
-            .or_else(|| ctx.tree.as_ref().map(|t| t.path().to_path_buf()))
-            .expect("a tree");
+        let root = ctx.root();
         // A scenario may start with temp files of its own (the sweep's crash leftovers).
         let temps_before = validate_tree(&root);
         let ran = (scenario.act)(&ctx, Some(fault));
         let fired = fault.fired(&ran.stderr);
         let what = format!("{} under {fault:?}", scenario.name);
-        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checked(&what, &ran, || {
             (scenario.judge)(&ctx, &ran, Some(fault));
             let new_temps: Vec<_> = validate_tree(&root)
                 .into_iter()
@@ -40,15 +35,7 @@ fn sweep(scenario: &Scenario, make: fn(u32) -> Fault) -> u32 {
                 "no temp file left behind: {new_temps:?}"
             );
             (scenario.after)(&ctx, &ran);
-        }));
-        if let Err(e) = judged {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("{what}: {msg}\n--- its log:\n{}", ran.stderr);
-        }
+        });
         if !fired {
             assert!(n > 1, "{what}: the path does I/O at all");
             return n - 1;

@@ -139,6 +139,28 @@ impl Ctx {
     pub fn site(&self) -> &Site {
         self.site.as_ref().expect("a site")
     }
+
+    /// The runtime root the scenario works on.
+    pub fn root(&self) -> PathBuf {
+        self.site
+            .as_ref()
+            .map(|s| s.root().to_path_buf())
+            .or_else(|| self.tree.as_ref().map(|t| t.path().to_path_buf()))
+            .expect("a tree")
+    }
+}
+
+/// Runs the checks of one faulted run; a failed check panics again with what was
+/// injected and the process's log, which the bare assertion would not show.
+pub fn checked(what: &str, ran: &Ran, checks: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks)) {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        panic!("{what}: {msg}\n--- its log:\n{}", ran.stderr);
+    }
 }
 
 /// One write path, runnable under a fault.
@@ -188,6 +210,17 @@ pub fn mailed(site: &Site) -> Vec<String> {
         .into_iter()
         .filter_map(|n| n.strip_suffix(".eml").map(str::to_string))
         .collect()
+}
+
+/// A site with one admin token.
+fn one_admin_token() -> Ctx {
+    let site = Site::new();
+    let tokens = vec![site.rotate("admin")];
+    Ctx {
+        site: Some(site),
+        tokens,
+        ..Ctx::default()
+    }
 }
 
 /// Two messages queued in `spool/new` (delivery blocked while they were posted), then the
@@ -338,15 +371,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "token rotate (command line)",
-            prepare: || {
-                let site = Site::new();
-                let tokens = vec![site.rotate("admin")];
-                Ctx {
-                    site: Some(site),
-                    tokens,
-                    ..Ctx::default()
-                }
-            },
+            prepare: one_admin_token,
             act: |c, f| run_cli(c.site(), "tokens", &["rotate", "admin"], f),
             judge: |_, ran, f| {
                 assert_controlled(ran, f, "tokens rotate");
@@ -368,15 +393,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "token rotate (HTTP)",
-            prepare: || {
-                let site = Site::new();
-                let tokens = vec![site.rotate("admin")];
-                Ctx {
-                    site: Some(site),
-                    tokens,
-                    ..Ctx::default()
-                }
-            },
+            prepare: one_admin_token,
             act: |c, f| {
                 let req = c
                     .site()

@@ -263,14 +263,7 @@ impl Site {
 
     /// Fetches a CAPTCHA for `addr` and returns (challenge id, answer).
     pub fn challenge(&self, addr: &str) -> (String, String) {
-        let a = self.cgi("captcha", "GET").remote_addr(addr).run();
-        assert_eq!(a.status, 200, "captcha GET: {}", a.text());
-        let id = a.cookie("fw_captcha").expect("challenge cookie");
-        let answer = a
-            .header("x-formwarden-test-answer")
-            .expect("test hook header")
-            .to_string();
-        (id, answer)
+        challenge_of(&self.cgi("captcha", "GET").remote_addr(addr).run())
     }
 
     /// The honest contact POST for challenge `id` solved with `answer` (`good_form`).
@@ -390,6 +383,17 @@ pub fn json_text(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
         other => Some(other.to_string()),
     }
+}
+
+/// The (challenge id, answer) a CAPTCHA GET's answer carries (test builds only).
+pub fn challenge_of(a: &Answer) -> (String, String) {
+    assert_eq!(a.status, 200, "captcha GET: {}", a.text());
+    let id = a.cookie("fw_captcha").expect("challenge cookie");
+    let answer = a
+        .header("x-formwarden-test-answer")
+        .expect("test hook header")
+        .to_string();
+    (id, answer)
 }
 
 /// A valid contact form for challenge `(id, answer)`.
