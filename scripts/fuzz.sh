@@ -23,7 +23,8 @@ setup() {
     cargo install cargo-afl --version 0.18.2 --locked
   fi
   # AFL++ itself is built from source by cargo-afl; it needs make and a C compiler.
-  if ! cargo afl fuzz -h >/dev/null 2>&1; then
+  # (`afl-fuzz -h` exits non-zero even when it is there: look for its usage line.)
+  if ! (cargo afl fuzz -h 2>&1 || true) | grep -q 'afl-fuzz'; then
     if ! command -v make >/dev/null || ! command -v cc >/dev/null; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make gcc libc6-dev >/dev/null
