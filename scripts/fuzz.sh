@@ -83,7 +83,10 @@ cmin)
   t=${2:?target}
   rm -rf "$OUT/cmin/$t"
   mkdir -p "$OUT/cmin"
-  cargo afl cmin -i "$OUT/long/$t/default/queue" -o "$OUT/cmin/$t" -- "$BIN/$t" >/dev/null
+  # The shell afl-cmin: AFL++ 4.40c's Python one (what `cargo afl cmin` runs) records no
+  # tuples from these persistent-mode targets and keeps nothing.
+  afl_bin=$(ls -d "$HOME"/.local/share/afl.rs/rustc-*/afl.rs-*/afl/bin | tail -n 1)
+  "$afl_bin/afl-cmin.bash" -i "$OUT/long/$t/default/queue" -o "$OUT/cmin/$t" -- "$BIN/$t" >/dev/null
   rm -rf "fuzz/corpus/$t"
   cp -r "$OUT/cmin/$t" "fuzz/corpus/$t"
   echo "fuzz.sh: $t: $(find "fuzz/corpus/$t" -type f | wc -l) files, $(du -sk "fuzz/corpus/$t" | cut -f1) KiB"
