@@ -12,6 +12,9 @@ export FORMWARDEN_RELEASE_BINS="$PWD/target/hooks/release"
 # tests/release_archive.rs.
 FORMWARDEN_RELEASE_ARCHIVE="$PWD/$(bash scripts/release.sh | tail -n 1)"
 export FORMWARDEN_RELEASE_ARCHIVE
+# Every fuzz target briefly from the committed corpus, with AFL++ (fuzz/; the corpus and the
+# regressions are replayed without AFL by the fuzz crate's test below).
+bash scripts/fuzz.sh brief
 # With the Redis store compiled in: tests/shared_store.rs runs two runtime roots against one
 # redis-server; every other test runs the same executables on the file store.
 cargo test --workspace --locked --features test-hooks,redis

@@ -25,6 +25,53 @@ mod gateway;
 mod reply;
 mod request;
 
+/// For the fuzzer (fuzz/): the request head at the start of `buf` as the preview parses it
+/// (`Ok(None)` while incomplete, the status it would answer otherwise), with the offset just
+/// past its blank line; on a parsed head, the route and `PATH_INFO` decoding run too.
+#[doc(hidden)]
+pub fn fuzz_head(buf: &[u8]) -> Result<Option<FuzzedHead>, u16> {
+    let _ = request::log_label(buf);
+    let Some((head, end)) = request::parse_head(buf)? else {
+        return Ok(None);
+    };
+    let route = cgi_route(head.path()).map(|(name, info)| (name, info.map(decode_path_info)));
+    let _ = head.query();
+    Ok(Some(FuzzedHead {
+        end,
+        target: head.target.clone(),
+        version: head.version,
+        host_fields: head
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .count(),
+        content_length: head.content_length,
+        routed: route.is_some(),
+    }))
+}
+
+/// What [`fuzz_head`] found in a complete head.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FuzzedHead {
+    /// The offset just past the head's blank line.
+    pub end: usize,
+    /// The request-target as sent.
+    pub target: String,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub version: &'static str,
+    /// How many `Host` fields it has.
+    pub host_fields: usize,
+    /// The validated `Content-Length`.
+    pub content_length: Option<u64>,
+    /// True when the path names one of the CGI programs.
+    pub routed: bool,
+}
+
+/// The preview's bounds, for the fuzzer's checks.
+#[doc(hidden)]
+pub const FUZZ_LIMITS: (usize, u64) = (MAX_HEAD, MAX_BODY);
+
 use gateway::{CgiRequest, cgi_route, decode_path_info, run_cgi};
 use reply::Reply;
 use request::{NoRequest, RequestHead, read_body, read_request, read_until};

@@ -157,7 +157,7 @@ impl RequestHead {
 /// Blank lines before the request line are skipped and `\n` line ends accepted (both by
 /// `httparse`, as RFC 9112 allows); obsolete line folding, whitespace before a colon and
 /// control characters in a value are refused by it.
-fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, u16> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, u16> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let end = match req.parse(buf) {

@@ -729,9 +729,22 @@ fn get_values_result(query: &[u8], limits: &ResponderLimits) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// The byte stream a connection's records travel on: the socket with its deadlines in
+/// service, an in-memory buffer under the fuzzer ([`fuzz_connection`]).
+trait Wire: Read + Write {
+    /// Starts the time bound of the next answer's write.
+    fn arm_write(&mut self, timeout: Duration);
+}
+
+impl Wire for DeadlineStream {
+    fn arm_write(&mut self, timeout: Duration) {
+        self.write_deadline = Instant::now() + timeout;
+    }
+}
+
 /// One connection: its reader and its place among the slots.
-struct ConnReader<'a> {
-    r: BufReader<DeadlineStream>,
+struct ConnReader<'a, S: Wire = DeadlineStream> {
+    r: BufReader<S>,
     content: Vec<u8>,
     limits: &'a ResponderLimits,
     /// Records since the last request began that started nothing.
@@ -759,10 +772,10 @@ enum Incoming {
     },
 }
 
-impl ConnReader<'_> {
+impl<S: Wire> ConnReader<'_, S> {
     fn write_now(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let wire = self.r.get_mut();
-        wire.write_deadline = Instant::now() + self.limits.write_timeout;
+        wire.arm_write(self.limits.write_timeout);
         wire.write_all(bytes)?;
         wire.flush()?;
         Ok(())
@@ -1057,6 +1070,95 @@ fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// A connection's bytes in memory: what the peer sent, and what we wrote back.
+struct MemoryWire<'a> {
+    input: &'a [u8],
+    output: Vec<u8>,
+}
+
+impl Read for MemoryWire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for MemoryWire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Wire for MemoryWire<'_> {
+    fn arm_write(&mut self, _timeout: Duration) {}
+}
+
+/// For the fuzzer (fuzz/): serves `input` as one connection's bytes through the real record
+/// reader ([`ConnReader`]: records, management records, PARAMS and STDIN streams, name-value
+/// pairs) with `handler` answering each complete request, as [`serve_connection`] does minus
+/// the slots, deadlines and watchdog. Returns what was written back, and the reason the
+/// connection was closed for, if it was.
+#[doc(hidden)]
+pub fn fuzz_connection(
+    input: &[u8],
+    handler: Handler,
+    limits: &ResponderLimits,
+) -> (Vec<u8>, Option<String>) {
+    let mut conn = ConnReader {
+        r: BufReader::new(MemoryWire {
+            input,
+            output: Vec::new(),
+        }),
+        content: Vec::new(),
+        limits,
+        strays: 0,
+    };
+    let end = fuzz_requests(&mut conn, handler).err().map(|e| match e {
+        ConnError::Io(e) => e.to_string(),
+        ConnError::Malformed(m) => m.to_string(),
+    });
+    (conn.r.into_inner().output, end)
+}
+
+/// The request loop of [`fuzz_connection`].
+fn fuzz_requests(
+    conn: &mut ConnReader<'_, MemoryWire<'_>>,
+    handler: Handler,
+) -> Result<(), ConnError> {
+    while let Some(b) = conn.next_begin()? {
+        conn.strays = 0;
+        match conn.read_request(b)? {
+            Incoming::Aborted => {
+                let mut out = Vec::new();
+                push_end_request(&mut out, b.id, 0, REQUEST_COMPLETE);
+                conn.write_now(&out)?;
+            }
+            Incoming::ParamsTooLarge => conn.answer(b.id, &Response::new(400).to_cgi())?,
+            Incoming::Complete {
+                params,
+                stdin,
+                stdin_overflow,
+            } => {
+                let req = Request::new(params_to_vars(&params)?);
+                let mut body = Body {
+                    data: stdin,
+                    pos: 0,
+                    overflow: stdin_overflow,
+                };
+                let resp = handler(req, &mut body);
+                conn.answer(b.id, &resp.to_cgi())?;
+            }
+        }
+        if !b.keep_conn {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// How long a connection must have waited for a request before it may be closed to make

@@ -68,9 +68,12 @@ fn temp_dirs(app: &App) -> Vec<std::path::PathBuf> {
     dirs
 }
 
+/// The sweep marker's stored form; public (hidden) only so that the fuzzer (fuzz/) can run
+/// it through `state::parse` like every other state file.
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Marker {
+pub struct Marker {
     /// When the last step ran.
     last_step: u64,
     /// The shard the next step visits.

@@ -1,0 +1,178 @@
+//! formwarden's fuzz targets: one function per target, each driving a real parser of the
+//! library or the preview with arbitrary bytes and checking cheap properties beyond "no
+//! panic" (a parser never accepts beyond its documented limit, a state value that parses
+//! re-serializes and re-parses to the same text, an answer is a well-formed record stream).
+//! The AFL++ executables in `targets/` call these; `tests/replay.rs` runs them over the
+//! committed corpus and regressions with plain `cargo test`, so CI needs no AFL to check
+//! that nothing once found comes back.
+
+use formwarden::cgi::{Request, Response};
+use formwarden::config::Config;
+use formwarden::fastcgi::{ResponderLimits, fuzz_connection};
+use formwarden::form;
+use formwarden::state::{self, Loaded, Validate};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// A fuzz target: takes any bytes, panics only on a found bug.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name: what the replay test iterates over.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("form", form),
+    ("cgi_request", cgi_request),
+    ("fastcgi", fastcgi),
+    ("config", config),
+    ("state", state),
+    ("preview_head", preview_head),
+];
+
+/// A fixed clock, so that a run is reproducible (validation compares times with it).
+const NOW: u64 = 1_800_000_000;
+
+/// The form body parser and the contact validator.
+pub fn form(data: &[u8]) {
+    let Ok(fields) = form::parse_urlencoded(data) else {
+        return;
+    };
+    if let Ok(contact) = form::validate(&fields) {
+        // What validates stays within the documented limits and is a real address.
+        assert!(contact.name.chars().count() <= form::MAX_NAME);
+        assert!(contact.email.chars().count() <= form::MAX_EMAIL);
+        assert!(contact.subject.chars().count() <= form::MAX_SUBJECT);
+        assert!(contact.message.chars().count() <= form::MAX_MESSAGE);
+        assert!(form::is_email(&contact.email));
+        assert!(!contact.name.contains(['\r', '\n']));
+    }
+}
+
+/// A CGI request: the input up to the first NUL NUL is the environment (`NAME=VALUE`
+/// lines), the rest the body on stdin; every accessor runs and the body is read against a
+/// small limit.
+pub fn cgi_request(data: &[u8]) {
+    let split = data.windows(2).position(|w| w == [0, 0]);
+    let (env, mut body) = match split {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &[][..]),
+    };
+    let vars: HashMap<String, String> = String::from_utf8_lossy(env)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut req = Request::new(vars);
+    let _ = (
+        req.is_cgi(),
+        req.method(),
+        req.query(),
+        req.query_param("id"),
+    );
+    let _ = (
+        req.cookie("formwarden"),
+        req.content_type(),
+        req.wants_json(),
+    );
+    let _ = (req.wants_image(), req.is_https(), req.header("Referer"));
+    let _ = req.sibling_url("contact", "captcha");
+    const LIMIT: usize = 4096;
+    if req.read_body(&mut body, LIMIT).is_ok() {
+        let len: usize = req
+            .var("CONTENT_LENGTH")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        assert!(len <= LIMIT, "a body above the limit was read");
+    }
+}
+
+/// What the FastCGI handler answers: the request's variable count and body length, so the
+/// answer depends on what the reader decoded.
+fn echo(req: Request, body: &mut dyn Read) -> Response {
+    let mut got = Vec::new();
+    let read = body.read_to_end(&mut got);
+    assert!(
+        got.len() <= FASTCGI_STDIN,
+        "more body than the buffer holds"
+    );
+    let _ = req.method();
+    Response::new(if read.is_ok() { 200 } else { 400 })
+}
+
+/// The fuzzer's bounds on one connection: small, so that its inputs reach the overflow paths.
+const FASTCGI_STDIN: usize = 2048;
+
+/// One FastCGI connection's bytes through the real record reader; the answer must be a
+/// well-formed stream of version-1 records.
+pub fn fastcgi(data: &[u8]) {
+    let limits = ResponderLimits {
+        max_params_bytes: 1024,
+        max_stdin_bytes: FASTCGI_STDIN,
+        max_discard_bytes: 8192,
+        max_stray_records: 16,
+        ..ResponderLimits::default()
+    };
+    let (out, _closed) = fuzz_connection(data, echo, &limits);
+    let mut rest = out.as_slice();
+    while !rest.is_empty() {
+        assert!(rest.len() >= 8, "an answer ends inside a record header");
+        assert_eq!(rest[0], 1, "an answer record is not version 1");
+        let len = usize::from(u16::from_be_bytes([rest[4], rest[5]])) + usize::from(rest[6]);
+        assert!(rest.len() >= 8 + len, "an answer ends inside a record");
+        rest = &rest[8 + len..];
+    }
+}
+
+/// Config text through the real parser and its checks (no file is read).
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(c) = Config::parse(text, Path::new("fuzz/config.toml")) {
+        let _ = c.input_files();
+    }
+}
+
+/// Every state file format: the first byte picks the type, the rest is the file.
+pub fn state(data: &[u8]) {
+    let Some((&selector, file)) = data.split_first() else {
+        return;
+    };
+    match selector % 6 {
+        0 => round_trip::<formwarden::ratelimit::Window>(file),
+        1 => round_trip::<formwarden::captcha::Stored>(file),
+        2 => round_trip::<formwarden::tokens::TokenList>(file),
+        3 => round_trip::<formwarden::quota::Sent>(file),
+        4 => round_trip::<formwarden::spool::Message>(file),
+        _ => round_trip::<formwarden::sweep::Marker>(file),
+    }
+}
+
+/// A state value that parses and validates serializes, and that text parses and validates
+/// again into a value that serializes to the same text.
+fn round_trip<T: DeserializeOwned + Serialize + Validate>(file: &[u8]) {
+    let Loaded::Valid(value) = state::parse::<T>(file, NOW) else {
+        return;
+    };
+    let path = Path::new("fuzz/state.toml");
+    let text = state::to_text(path, &value).expect("a parsed state value serializes");
+    let Loaded::Valid(again) = state::parse::<T>(text.as_bytes(), NOW) else {
+        panic!("a serialized state value does not parse again: {text:?}");
+    };
+    let text2 = state::to_text(path, &again).expect("a parsed state value serializes");
+    assert_eq!(text, text2, "a state value changed across a round trip");
+}
+
+/// The preview's HTTP request head parser.
+pub fn preview_head(data: &[u8]) {
+    let (max_head, max_body) = formwarden_preview::FUZZ_LIMITS;
+    let Ok(Some(head)) = formwarden_preview::fuzz_head(data) else {
+        return;
+    };
+    assert!(head.end <= data.len() && head.end <= max_head);
+    assert!(head.content_length.is_none_or(|n| n <= max_body));
+    assert!(!head.target.is_empty() && head.target.bytes().all(|b| b.is_ascii_graphic()));
+    assert!(head.version != "HTTP/1.1" || head.host_fields == 1);
+    let _ = head.routed;
+}
