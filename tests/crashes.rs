@@ -183,14 +183,7 @@ fn a_thousand_random_kills_across_mixed_traffic_leave_whole_state_and_lose_nothi
                         if killed {
                             kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
-                        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                        let status = text.split_once("\r\n\r\n").map(|(head, _)| {
-                            head.lines()
-                                .find_map(|l| l.strip_prefix("Status: "))
-                                .and_then(|s| s.get(..3))
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(200)
-                        });
+                        let status = Ran::from_output(&out, true).status;
                         done.push(Job {
                             kind,
                             addr,

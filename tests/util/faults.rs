@@ -69,7 +69,8 @@ pub struct Ran {
 }
 
 impl Ran {
-    fn from_output(out: &std::process::Output, cgi: bool) -> Ran {
+    /// What a finished process did; `cgi`: its stdout is a CGI answer to parse.
+    pub fn from_output(out: &std::process::Output, cgi: bool) -> Ran {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (status, stdout) = if cgi {
             match text.split_once("\r\n\r\n") {
