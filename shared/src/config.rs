@@ -1025,6 +1025,29 @@ mod tests {
         );
     }
 
+    /// A type error or an unknown key inside a section is named with its section, as
+    /// range errors are (`mail.smtp.port`, not `port`), so that the operator finds the
+    /// right one of several keys of that name.
+    #[test]
+    fn keys_inside_sections_are_named_with_their_section() {
+        let smtp = "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\n";
+        assert_eq!(
+            key_of(parse(&format!("{smtp}port = \"x\"\n"))),
+            "mail.smtp.port"
+        );
+        assert_eq!(
+            key_of(parse("[mail.sendmail]\ntimeout_seconds = \"ten\"\n")),
+            "mail.sendmail.timeout_seconds"
+        );
+        assert_eq!(key_of(parse("[spam]\nmax_linkz = 3\n")), "spam.max_linkz");
+        assert_eq!(
+            key_of(parse("[tokens.profiles.\"site-a\"]\nmax_tokens = \"2\"\n")),
+            "tokens.profiles.site-a.max_tokens"
+        );
+        // Keys before any section header stay bare.
+        assert_eq!(key_of(parse("lock_poll_ms = []\n")), "lock_poll_ms");
+    }
+
     #[test]
     fn plain_smtp_is_loopback_only() {
         let r = parse(
