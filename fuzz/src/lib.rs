@@ -7,9 +7,10 @@
 //! that nothing once found comes back.
 
 use formwarden::cgi::{Request, Response};
-use formwarden::config::Config;
+use formwarden::config::{Config, check_profile_name};
 use formwarden::fastcgi::{ResponderLimits, fuzz_connection};
 use formwarden::form;
+use formwarden::mail::{SmtpSecurity, Transport, check_mailbox as mail_check};
 use formwarden::state::{self, Loaded, Validate};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -124,13 +125,110 @@ pub fn fastcgi(data: &[u8]) {
     }
 }
 
-/// Config text through the real parser and its checks (no file is read).
+/// Config text through the real parser and its checks (no file is read). A refused text
+/// must name the file and a key, and a line that exists; an accepted one must hold only
+/// what the rest of the code relies on without checking again: profile names that are
+/// safe file names, header and page texts without control characters, mailboxes the mail
+/// library takes, a salt that is long and varied, a stylesheet URL that cannot leave its
+/// attribute. Parsing is deterministic.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(c) = Config::parse(text, Path::new("fuzz/config.toml")) {
-        let _ = c.input_files();
+    let path = Path::new("fuzz/config.toml");
+    let c = match Config::parse(text, path) {
+        Ok(c) => c,
+        Err(e) => return config_refused(text, e),
+    };
+    let again = Config::parse(text, path).expect("the same text parses twice");
+    assert_eq!(
+        format!("{c:?}"),
+        format!("{again:?}"),
+        "parsing is not deterministic"
+    );
+    assert_eq!(c.path, path);
+    assert!(c.input_files().contains(&c.path));
+
+    assert!(c.ip_salt.trim().len() >= formwarden::config::MIN_SALT_LEN);
+    assert!(!c.ip_salt.contains("CHANGE-ME"));
+    let names = c.tokens.profiles.keys().chain([&c.tokens.admin_profile]);
+    for name in names {
+        assert!(
+            check_profile_name(name).is_ok(),
+            "profile {name:?} accepted"
+        );
+        assert!(!name.contains(['/', '.', '\\']) && name.len() <= 32);
+    }
+    if let Some(h) = &c.tokens.bootstrap_sha256 {
+        assert!(h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    }
+
+    let mail = &c.mail;
+    let texts = [&c.site_name, &mail.subject_prefix, &mail.from];
+    for t in texts.into_iter().chain(&mail.to) {
+        assert!(
+            !t.chars().any(char::is_control),
+            "control character in {t:?}"
+        );
+    }
+    assert!(!mail.to.is_empty());
+    for m in mail.to.iter().chain([&mail.from]) {
+        assert!(mail_check(m).is_ok(), "mailbox {m:?} accepted");
+    }
+    if let Transport::Smtp(s) = &mail.transport {
+        assert!(!s.host.is_empty() && !s.host.chars().any(char::is_control));
+        assert!(!s.hello_name.chars().any(char::is_control));
+        assert!(s.port >= 1);
+        assert_eq!(s.username.is_some(), s.password.is_some());
+        if s.security == SmtpSecurity::Plain {
+            assert!(
+                formwarden::net::is_loopback_host(&s.host),
+                "plain SMTP to {}",
+                s.host
+            );
+        }
+    }
+    if let Some(url) = &c.stylesheet {
+        assert!(url.starts_with('/') && !url.starts_with("//") || url.starts_with("https://"));
+        assert!(!url.contains(['"', '\'', '<', '>', '`', ' ', '\\']));
+    }
+
+    // The ranges the rest of the code divides by, sleeps for or allocates from.
+    assert!((4..=8).contains(&c.captcha_length));
+    assert!(c.captcha_max_attempts >= 1 && c.captcha_max_get >= 1 && c.contact_max_post >= 1);
+    assert!(!c.rate_limit_window.is_zero() && !c.captcha_lifetime.is_zero());
+    assert!(!c.lock_wait.is_zero() && !c.lock_poll.is_zero());
+    assert!(c.request_timeout.as_secs() >= 2);
+    assert!((1024..=1024 * 1024).contains(&c.max_body_bytes));
+    assert!(c.max_windows >= 256 && c.max_challenges >= 256);
+    assert!((1..=28).contains(&c.spam.pow_bits) && c.spam.pow_extra_bits <= 8);
+    assert!(c.mail.max_attempts >= 1 && c.mail.max_age.as_secs() >= 3600);
+    for p in c.tokens.profiles.values() {
+        assert!(p.max_tokens >= 1 && p.lifetime.is_none_or(|l| !l.is_zero()));
+    }
+}
+
+/// What a refused config must tell the operator: which file, which key (or `?` when even
+/// the line holds none), and, when it points at a place, a line the text has.
+fn config_refused(text: &str, e: formwarden::Error) {
+    let formwarden::Error::ConfigInvalid { path, key, message } = &e else {
+        panic!("config text refused with a non-config error: {e:?}");
+    };
+    assert_eq!(path, Path::new("fuzz/config.toml"));
+    assert!(!key.is_empty() && !message.is_empty());
+    let shown = e.to_string();
+    assert!(
+        shown.contains("fuzz/config.toml"),
+        "error does not name the file: {shown}"
+    );
+    if let Some(rest) = message.strip_prefix("line ")
+        && let Some((line, _)) = rest.split_once(',')
+        && let Ok(line) = line.parse::<usize>()
+    {
+        assert!(
+            line >= 1 && line <= text.lines().count() + 1,
+            "line {line} of {message:?}"
+        );
     }
 }
 

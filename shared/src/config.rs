@@ -924,13 +924,29 @@ fn line_and_column(text: &str, at: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The key written on the line that contains byte offset `at`, if the line is `key = …`.
+/// The key written on the line that contains byte offset `at`, if the line is `key = …`,
+/// dotted with the section header above it (`[mail.smtp]` + `port` is `mail.smtp.port`),
+/// as range errors name it.
 fn key_at(text: &str, at: usize) -> Option<String> {
-    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[..text.floor_char_boundary(at.min(text.len()))];
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[start..].lines().next()?;
     let (key, _) = line.split_once('=')?;
     let key = key.trim();
-    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    // The nearest header line above; a `[` inside a multi-line string could be taken for
+    // one, which only changes the name in a message about a file that does not parse.
+    let section = before[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?.split(']').next()?;
+        Some(inner.trim_start_matches('[').replace(['"', '\'', ' '], ""))
+    });
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 /// The key named in toml's "unknown field `x`" message.
