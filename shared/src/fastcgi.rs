@@ -729,21 +729,86 @@ fn get_values_result(query: &[u8], limits: &ResponderLimits) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// The byte stream a connection's records travel on: the socket with its deadlines in
-/// service, an in-memory buffer under the fuzzer ([`fuzz_connection`]).
+/// The byte stream a connection's records travel on, and what differs between serving a
+/// socket and replaying bytes in memory: the socket's deadlines, its slot among the
+/// connections and the watchdog ([`Socket`]); nothing of that under the fuzzer
+/// ([`MemoryWire`], see [`fuzz_connection`]). The request loop, [`serve_requests`], is
+/// the same for both.
 trait Wire: Read + Write {
     /// Starts the time bound of the next answer's write.
     fn arm_write(&mut self, timeout: Duration);
+    /// The connection now waits for a request, for at most `idle`.
+    fn waiting(&mut self, idle: Duration);
+    /// The wait ended (a request began, or the peer left); the request's reads must end
+    /// within `request`.
+    fn busy(&mut self, request: Duration);
+    /// Runs `handler` for request `id`; `None` when something else already answered it
+    /// (the watchdog, after the request overran its deadline) and closed the connection.
+    fn handle(
+        &mut self,
+        id: u16,
+        deadline: &crate::deadline::Guard,
+        run: impl FnOnce() -> Response,
+    ) -> Option<Response>;
 }
 
-impl Wire for DeadlineStream {
-    fn arm_write(&mut self, timeout: Duration) {
-        self.write_deadline = Instant::now() + timeout;
+/// A served socket: the stream with its deadlines, the connection's slot, and a second
+/// handle on the socket by which the accept loop may close it while it waits for a request.
+struct Socket<'s> {
+    stream: DeadlineStream,
+    slot: &'s Arc<Slot>,
+    handle: Option<Stream>,
+}
+
+impl Read for Socket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
     }
 }
 
-/// One connection: its reader and its place among the slots.
-struct ConnReader<'a, S: Wire = DeadlineStream> {
+impl Write for Socket<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl Wire for Socket<'_> {
+    fn arm_write(&mut self, timeout: Duration) {
+        self.stream.write_deadline = Instant::now() + timeout;
+    }
+
+    fn waiting(&mut self, idle: Duration) {
+        self.stream.read_deadline = Instant::now() + idle;
+        if let Some(h) = self.handle.take() {
+            self.slot.set_idle(h);
+        }
+    }
+
+    fn busy(&mut self, request: Duration) {
+        self.handle = self.slot.set_busy();
+        self.stream.read_deadline = Instant::now() + request;
+    }
+
+    fn handle(
+        &mut self,
+        id: u16,
+        deadline: &crate::deadline::Guard,
+        run: impl FnOnce() -> Response,
+    ) -> Option<Response> {
+        let watch = Watch::start(&self.stream.stream, id, self.slot, deadline);
+        let resp = run();
+        match &watch {
+            Some(w) if !w.finish() => None,
+            _ => Some(resp),
+        }
+    }
+}
+
+/// One connection's record reader over its wire.
+struct ConnReader<'a, S: Wire> {
     r: BufReader<S>,
     content: Vec<u8>,
     limits: &'a ResponderLimits,
@@ -772,7 +837,16 @@ enum Incoming {
     },
 }
 
-impl<S: Wire> ConnReader<'_, S> {
+impl<'a, S: Wire> ConnReader<'a, S> {
+    fn new(wire: S, limits: &'a ResponderLimits) -> Self {
+        ConnReader {
+            r: BufReader::with_capacity(16 * 1024, wire),
+            content: Vec::new(),
+            limits,
+            strays: 0,
+        }
+    }
+
     fn write_now(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let wire = self.r.get_mut();
         wire.arm_write(self.limits.write_timeout);
@@ -999,28 +1073,32 @@ fn serve_connection(
     limits: &ResponderLimits,
     slot: &Arc<Slot>,
 ) -> Result<(), ConnError> {
-    let wire = DeadlineStream::new(stream, limits)?;
-    let mut conn = ConnReader {
-        r: BufReader::with_capacity(16 * 1024, wire),
-        content: Vec::new(),
-        limits,
-        strays: 0,
+    let stream = DeadlineStream::new(stream, limits)?;
+    let handle = stream.stream.try_clone().ok();
+    let socket = Socket {
+        stream,
+        slot,
+        handle,
     };
-    // A second handle on the socket, by which the accept loop can close this connection
-    // while it waits for a request (a fresh one, or the next one on a kept-open one).
-    let mut handle = conn.r.get_ref().stream.try_clone().ok();
+    serve_requests(&mut ConnReader::new(socket, limits), handler)
+}
+
+/// The request loop of one connection, over a socket in service and over memory under the
+/// fuzzer alike: wait for a Responder request, read it whole, answer it (or refuse it), and
+/// go on while the web server keeps the connection.
+fn serve_requests<S: Wire>(
+    conn: &mut ConnReader<'_, S>,
+    handler: Handler,
+) -> Result<(), ConnError> {
+    let limits = conn.limits;
     loop {
-        conn.r.get_mut().read_deadline = Instant::now() + limits.idle_timeout;
-        if let Some(h) = handle.take() {
-            slot.set_idle(h);
-        }
+        conn.r.get_mut().waiting(limits.idle_timeout);
         let begin = conn.next_begin();
-        handle = slot.set_busy();
+        conn.r.get_mut().busy(limits.request_deadline);
         let Some(b) = begin? else {
             return Ok(());
         };
         conn.strays = 0;
-        conn.r.get_mut().read_deadline = Instant::now() + limits.request_deadline;
         match conn.read_request(b)? {
             Incoming::Aborted => {
                 let mut out = Vec::new();
@@ -1052,16 +1130,14 @@ fn serve_connection(
                     overflow: stdin_overflow,
                 };
                 let deadline = crate::deadline::begin();
-                let watch = Watch::start(&conn, b.id, slot, &deadline);
-                let resp = handler(req, &mut body);
+                let resp = conn
+                    .r
+                    .get_mut()
+                    .handle(b.id, &deadline, || handler(req, &mut body));
                 drop(body);
                 drop(deadline);
-                if let Some(w) = &watch
-                    && !w.finish()
-                {
-                    // The watchdog answered for this request and closed the connection.
-                    return Err(ConnError::Io(timed_out("request")));
-                }
+                // `None`: the watchdog answered for this request and closed the connection.
+                let resp = resp.ok_or_else(|| ConnError::Io(timed_out("request")))?;
                 conn.answer(b.id, &resp.to_cgi())?;
                 crate::handler::run_after_answer();
             }
@@ -1096,69 +1172,39 @@ impl Write for MemoryWire<'_> {
 
 impl Wire for MemoryWire<'_> {
     fn arm_write(&mut self, _timeout: Duration) {}
+    fn waiting(&mut self, _idle: Duration) {}
+    fn busy(&mut self, _request: Duration) {}
+    fn handle(
+        &mut self,
+        _id: u16,
+        _deadline: &crate::deadline::Guard,
+        run: impl FnOnce() -> Response,
+    ) -> Option<Response> {
+        Some(run())
+    }
 }
 
-/// For the fuzzer (fuzz/): serves `input` as one connection's bytes through the real record
-/// reader ([`ConnReader`]: records, management records, PARAMS and STDIN streams, name-value
-/// pairs) with `handler` answering each complete request, as [`serve_connection`] does minus
-/// the slots, deadlines and watchdog. Returns what was written back, and the reason the
-/// connection was closed for, if it was.
+/// For the fuzzer (fuzz/): serves `input` as one connection's bytes through the real
+/// request loop ([`serve_requests`]: records, management records, PARAMS and STDIN streams,
+/// name-value pairs, answers) with `handler` answering each complete request; only the
+/// wire differs from service (no socket, so no deadlines, slot or watchdog). Returns what
+/// was written back, and the reason the connection was closed for, if it was.
 #[doc(hidden)]
 pub fn fuzz_connection(
     input: &[u8],
     handler: Handler,
     limits: &ResponderLimits,
 ) -> (Vec<u8>, Option<String>) {
-    let mut conn = ConnReader {
-        r: BufReader::new(MemoryWire {
-            input,
-            output: Vec::new(),
-        }),
-        content: Vec::new(),
-        limits,
-        strays: 0,
+    let wire = MemoryWire {
+        input,
+        output: Vec::new(),
     };
-    let end = fuzz_requests(&mut conn, handler).err().map(|e| match e {
+    let mut conn = ConnReader::new(wire, limits);
+    let end = serve_requests(&mut conn, handler).err().map(|e| match e {
         ConnError::Io(e) => e.to_string(),
         ConnError::Malformed(m) => m.to_string(),
     });
     (conn.r.into_inner().output, end)
-}
-
-/// The request loop of [`fuzz_connection`].
-fn fuzz_requests(
-    conn: &mut ConnReader<'_, MemoryWire<'_>>,
-    handler: Handler,
-) -> Result<(), ConnError> {
-    while let Some(b) = conn.next_begin()? {
-        conn.strays = 0;
-        match conn.read_request(b)? {
-            Incoming::Aborted => {
-                let mut out = Vec::new();
-                push_end_request(&mut out, b.id, 0, REQUEST_COMPLETE);
-                conn.write_now(&out)?;
-            }
-            Incoming::ParamsTooLarge => conn.answer(b.id, &Response::new(400).to_cgi())?,
-            Incoming::Complete {
-                params,
-                stdin,
-                stdin_overflow,
-            } => {
-                let req = Request::new(params_to_vars(&params)?);
-                let mut body = Body {
-                    data: stdin,
-                    pos: 0,
-                    overflow: stdin_overflow,
-                };
-                let resp = handler(req, &mut body);
-                conn.answer(b.id, &resp.to_cgi())?;
-            }
-        }
-        if !b.keep_conn {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// How long a connection must have waited for a request before it may be closed to make
@@ -1406,16 +1452,16 @@ struct Watch {
 }
 
 impl Watch {
-    /// Registers the request on `conn` with the watchdog; `None` without a watchdog or
+    /// Registers the request on `stream` with the watchdog; `None` without a watchdog or
     /// when the socket cannot be shared with it.
     fn start(
-        conn: &ConnReader<'_>,
+        stream: &Stream,
         request_id: u16,
         slot: &Arc<Slot>,
         deadline: &crate::deadline::Guard,
     ) -> Option<Watch> {
         let dog = Watchdog::get()?;
-        let stream = conn.r.get_ref().stream.try_clone().ok()?;
+        let stream = stream.try_clone().ok()?;
         let key = dog.next_key.fetch_add(1, Ordering::Relaxed);
         let answered = Arc::new(AtomicBool::new(false));
         dog.lock().push(Watched {
