@@ -193,6 +193,16 @@ pub fn config(data: &[u8]) {
         assert!(!url.contains(['"', '\'', '<', '>', '`', ' ', '\\']));
     }
 
+    // Reached only when the library is built with `redis` (the replay in CI's test run).
+    if let formwarden::store::Backend::Redis(r) = &c.store {
+        let prefix_ok = |b: u8| b.is_ascii_alphanumeric() || b"_-:.{}".contains(&b);
+        assert!(r.prefix.bytes().all(prefix_ok), "prefix {:?}", r.prefix);
+        assert!(!r.url.chars().any(char::is_control));
+        let tls = r.url.starts_with("rediss://") || r.url.starts_with("valkeys://");
+        assert!(r.ca_file.is_none() || tls, "a CA file for {}", r.url);
+        assert!(c.input_files().len() == 3 + usize::from(r.ca_file.is_some()));
+    }
+
     // The ranges the rest of the code divides by, sleeps for or allocates from.
     assert!((4..=8).contains(&c.captcha_length));
     assert!(c.captcha_max_attempts >= 1 && c.captcha_max_get >= 1 && c.contact_max_post >= 1);
