@@ -721,10 +721,14 @@ fn plain_ftp_is_refused_without_the_flag_and_var_in_the_web_root_stays_hidden() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("plain FTP"));
     let server = Apache::start_deployed(home.path(), ".");
     assert_answers(&server);
+    // The operator's command-line programs land in the web root too: they must not be
+    // downloadable (nor the release copies, nor anything of var/).
     for hidden in [
         "/var/config/config.toml",
         "/var/config/config.example.toml",
         "/formwarden-releases/CURRENT",
+        "/bin/spool",
+        "/bin/tokens",
     ] {
         let r = server.client().get(hidden);
         assert_eq!(r.status, 403, "{hidden}: {}", r.describe());

@@ -35,6 +35,7 @@ fn the_archive_holds_what_an_ftp_upload_needs() {
         .chain(&[
             "var/config/config.example.toml",
             "var/.htaccess",
+            "bin/.htaccess",
             "docs/OPERATIONS.md",
             "docs/INSTALL.md",
             "deploy.sh",
