@@ -38,6 +38,8 @@ archive() {
   # The operator's command lines (cron: spool retry; tokens rotate …), outside the web root.
   install -m 755 "$bin/spool" "$stage/bin/spool"
   install -m 755 "$bin/tokens" "$stage/bin/tokens"
+  # Their guard where bin/ has to live inside the web root (deploy.sh --web-root .).
+  install -m 644 deploy/apache/bin.htaccess "$stage/bin/.htaccess"
   install -m 644 deploy/apache/.htaccess "$stage/public_html/cgi-bin/.htaccess"
   cp -R deploy/site/. "$stage/public_html/"
   # The example pages call the executables by the .cgi names the .htaccess runs.

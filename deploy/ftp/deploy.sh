@@ -29,7 +29,7 @@
 # Options:
 #   --web-root DIR        the folder under DIR that the web server serves (public_html);
 #                         "." when the account has no folder outside the web root: var/
-#                         is then guarded by var/.htaccess
+#                         and bin/ are then guarded by their .htaccess files
 #   --var-mode MODE       "private" (default): var/ only for your account (0700), for hosts
 #                         that run CGI programs as your account (suEXEC; most do).
 #                         "shared": var/'s working folders writable by every account
@@ -190,6 +190,7 @@ remote_of() {
 }
 mode_of() {
   case "$1" in
+    */.htaccess) echo 644 ;;
     *.cgi | bin/*) echo 755 ;;
     *) echo 644 ;;
   esac
@@ -396,8 +397,10 @@ install_file() {
     echo "mv $(q "$tmp") $(q "$dst")"
   } >>"$plan"
 }
-grep -v -e '\.cgi$' -e '^bin/' "$work/product.list" >"$work/first.list" || true
-grep -e '\.cgi$' -e '^bin/' "$work/product.list" >"$work/last.list" || true
+# (bin/.htaccess is no executable: it goes first, so that bin/'s programs are guarded from
+# the moment they appear where bin/ is inside the web root.)
+grep -v -e '\.cgi$' -e '^bin/[^.]' "$work/product.list" >"$work/first.list" || true
+grep -e '\.cgi$' -e '^bin/[^.]' "$work/product.list" >"$work/last.list" || true
 while IFS= read -r f; do install_file "$f"; done <"$work/first.list"
 while IFS= read -r f; do install_file "$f"; done <"$work/last.list"
 if [ "$rollback" = 0 ] && [ "$examples" = 1 ]; then
