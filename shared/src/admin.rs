@@ -160,14 +160,18 @@ fn spool_retry(app: &App, t: u64, verbose: bool, out: &mut dyn Write) -> crate::
     crate::delivery::retry(&app.delivery(), t).map(|r| {
         // Quiet unless something happened: cron mails whatever is printed, and a line
         // every five minutes saying "nothing to do" buries the one that matters.
-        if verbose || r.delivered + r.deferred + r.failed > 0 {
+        if verbose || r.delivered + r.deferred + r.failed + r.errors > 0 {
             let _ = writeln!(
                 out,
-                "delivered {} deferred {} failed {} busy {} waiting {}",
-                r.delivered, r.deferred, r.failed, r.busy, r.waiting
+                "delivered {} deferred {} failed {} busy {} waiting {} errors {}",
+                r.delivered, r.deferred, r.failed, r.busy, r.waiting, r.errors
             );
         }
-        if r.deferred + r.failed > 0 { 1 } else { 0 }
+        if r.deferred + r.failed + r.errors > 0 {
+            1
+        } else {
+            0
+        }
     })
 }
 

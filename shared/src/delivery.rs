@@ -68,6 +68,10 @@ pub struct RetryReport {
     pub busy: usize,
     /// Messages not due yet.
     pub waiting: usize,
+    /// Entries that could not be handled because of an error (logged with their id): an
+    /// unreadable file, a folder with a message's name, a failing disk. They stay where
+    /// they are, and the run goes on with the next one.
+    pub errors: usize,
 }
 
 fn backoff(base: Duration, attempts: u32) -> Duration {
@@ -185,12 +189,39 @@ pub fn deliver_fresh(d: &Delivery<'_>, id: &str, now: u64) -> bool {
     }
 }
 
+/// Handles one message for a retry run or step. An error is logged with the message's id
+/// and becomes [`Handled::Error`] instead of ending the run: the oldest entry comes first,
+/// so one that can never be read (a folder with a message's name, a file without read
+/// permission) would otherwise stop every message behind it, on every run, for good.
+fn handle_logged(d: &Delivery<'_>, id: &str, now: u64) -> Handled {
+    match handle(d, id, now, true) {
+        Ok(outcome) => Handled::Outcome(outcome),
+        Err(e) => {
+            tracing::error!(id, error = %e, "spool entry could not be handled; it stays where it is");
+            Handled::Error
+        }
+    }
+}
+
+/// What a retry run or step made of one entry.
+enum Handled {
+    Outcome(DeliveryOutcome),
+    Error,
+}
+
 /// The retry run: every due message in `new/`, oldest first. Busy messages are left to the
-/// sender that holds them.
+/// sender that holds them; an entry that fails with an error is logged and passed over.
 pub fn retry(d: &Delivery<'_>, now: u64) -> Result<RetryReport> {
     let mut report = RetryReport::default();
     for id in d.spool.ids(Folder::New)? {
-        match handle(d, &id, now, true)? {
+        let outcome = match handle_logged(d, &id, now) {
+            Handled::Outcome(o) => o,
+            Handled::Error => {
+                report.errors += 1;
+                continue;
+            }
+        };
+        match outcome {
             DeliveryOutcome::Delivered => report.delivered += 1,
             DeliveryOutcome::Deferred(_) => report.deferred += 1,
             DeliveryOutcome::Failed(_) => report.failed += 1,
@@ -220,7 +251,16 @@ pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
     };
     let mut report = RetryReport::default();
     for id in ids.iter().take(STEP_LOOKS) {
-        match handle(d, id, now, true)? {
+        let outcome = match handle_logged(d, id, now) {
+            Handled::Outcome(o) => o,
+            Handled::Error => {
+                // Passed over like a message that is not due: it counts as a look, so a
+                // step stays bounded however many entries are broken.
+                report.errors += 1;
+                continue;
+            }
+        };
+        match outcome {
             DeliveryOutcome::Delivered => report.delivered += 1,
             DeliveryOutcome::Deferred(_) => report.deferred += 1,
             DeliveryOutcome::Failed(_) => report.failed += 1,

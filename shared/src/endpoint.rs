@@ -719,7 +719,7 @@ fn retry_after_answer(app: &App) {
     let app = app.clone();
     crate::handler::after_answer(move || {
         match crate::delivery::retry_step(&app.delivery(), now()) {
-            Ok(Some(r)) if r.delivered + r.deferred + r.failed > 0 => {
+            Ok(Some(r)) if r.delivered + r.deferred + r.failed + r.errors > 0 => {
                 tracing::info!(?r, "retry step after the answer");
             }
             Ok(_) => {}
