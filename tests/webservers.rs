@@ -250,6 +250,10 @@ fn var_is_never_served(kind: Kind) {
             plant(".env");
             plant(".git/config");
             plant("sub/.secret");
+            // A release unpacked into the web root: its operator programs and the FTP
+            // deploy's release copies (Apache's case is tests/ftp_deploy.rs).
+            plant("bin/spool");
+            plant("formwarden-releases/CURRENT");
             paths.push("/%2eenv".into());
             paths.push("/.git/".into());
             paths.push("/cgi-bin/".into());
