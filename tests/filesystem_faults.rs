@@ -98,24 +98,6 @@ fn plant_folder(path: &Path) {
     std::fs::create_dir_all(path).expect("a folder in its place");
 }
 
-/// A site whose file transport takes `extra` `[mail]` lines and writes into a folder of
-/// its own that `var/mail-out` points to, so that `Site::delivered` counts its messages.
-/// The folder lives as long as the returned guard.
-fn site_with_file_mail(extra: &str) -> (Site, tempfile::TempDir) {
-    let out = tempfile::tempdir().expect("mail folder");
-    let site = Site::with_mail(
-        "",
-        &format!(
-            "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\n\
-             transport = \"file\"\n{extra}[mail.file]\ndir = \"{}\"\n",
-            out.path().display()
-        ),
-    );
-    std::fs::remove_dir(site.var("mail-out")).expect("the site's empty mail folder");
-    std::os::unix::fs::symlink(out.path(), site.var("mail-out")).expect("count deliveries");
-    (site, out)
-}
-
 /// An answer a visitor may get while a state file is a folder: controlled (the process
 /// ends normally) and free of server paths.
 fn assert_controlled(site: &Site, a: &Answer, what: &str) {
@@ -213,7 +195,7 @@ fn a_folder_where_any_state_file_should_be_gives_controlled_answers_and_loses_no
     // The mail quota (kept only when a limit is set): the message is still saved (the
     // quota only paces delivery) or clearly refused, and mail goes out again once the
     // folder is gone.
-    let (site, _out) = site_with_file_mail("max_per_hour = 50\n");
+    let site = Site::with_mail_lines("max_per_hour = 50\n");
     let quota = site.var("state/mail-quota.toml");
     let send = |addr: &str| {
         let (id, answer) = site.challenge(addr);
@@ -261,13 +243,13 @@ fn a_folder_where_any_state_file_should_be_gives_controlled_answers_and_loses_no
     // A spool entry: a folder with an older entry's name in spool/new is never taken for a
     // message, and it does not stand in the way of the messages behind it, neither for
     // cron's retry run nor for the retry step after a visitor's answer.
-    let (site, _out) = site_with_file_mail("");
+    let site = Site::new();
     let send = |addr: &str| {
         let (id, answer) = site.challenge(addr);
         site.contact_post(&id, &answer).remote_addr(addr).run()
     };
     // The transport's folder is a file for a moment: the messages wait in the spool.
-    let transport = std::fs::read_link(site.var("mail-out")).expect("mail folder");
+    let transport = site.var("mail-out");
     std::fs::remove_dir(&transport).expect("empty");
     std::fs::write(&transport, "blocks delivery").expect("a file in its place");
     for addr in ["198.51.100.101", "198.51.100.102"] {

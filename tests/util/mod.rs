@@ -110,16 +110,22 @@ pub struct Site {
 impl Site {
     /// A site with the default test config plus `extra` TOML lines (top-level keys first).
     pub fn with(extra_top: &str, extra_sections: &str) -> Site {
-        Site::build(extra_top, None, extra_sections)
+        Site::build(extra_top, None, "", extra_sections)
+    }
+
+    /// A site with the default file transport into `var/mail-out` and `extra` more
+    /// `[mail]` lines (`max_per_hour = 50\n`).
+    pub fn with_mail_lines(extra: &str) -> Site {
+        Site::build("", None, extra, "")
     }
 
     /// A site whose `[mail]` section (and its sub-tables) is `mail` instead of the default
     /// file transport into `var/mail-out`.
     pub fn with_mail(extra_top: &str, mail: &str) -> Site {
-        Site::build(extra_top, Some(mail), "")
+        Site::build(extra_top, Some(mail), "", "")
     }
 
-    fn build(extra_top: &str, mail: Option<&str>, extra_sections: &str) -> Site {
+    fn build(extra_top: &str, mail: Option<&str>, mail_lines: &str, extra_sections: &str) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let var = dir.path().join("var");
         make_var_dirs(&var);
@@ -131,7 +137,7 @@ impl Site {
             .collect();
         let mail = mail.map(str::to_string).unwrap_or_else(|| {
             format!(
-                "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\n[mail.file]\ndir = \"{}\"\n",
+                "[mail]\nfrom = \"Site <noreply@example.org>\"\nto = [\"owner@example.org\"]\ntransport = \"file\"\n{mail_lines}[mail.file]\ndir = \"{}\"\n",
                 var.join("mail-out").display()
             )
         });
