@@ -352,7 +352,8 @@ fn unseal(salt: &str, id: &str, sealed: &str) -> Option<String> {
     for (pair, k) in bytes.chunks(2).zip(key) {
         let byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()? ^ k;
         // Any upper-case letter or digit, not just today's alphabet: a challenge issued
-        // before an upgrade that shrank the alphabet must still be spoken and checked.
+        // before an upgrade that shrank the alphabet opens all the same, and `recording`
+        // decides whether it can still be spoken.
         if !(byte.is_ascii_uppercase() || byte.is_ascii_digit()) {
             return None;
         }
@@ -543,6 +544,12 @@ impl CaptchaService {
                     // A salt changed since the challenge was issued: it cannot be spoken.
                     return (Change::Keep, Recording::Unavailable);
                 };
+                if !answer.bytes().all(|b| ALPHABET.contains(&b)) {
+                    // Issued before an upgrade took a character out of the alphabet: there
+                    // is no clip for it any more. The picture still works, and the visitor
+                    // is told to choose a new one.
+                    return (Change::Keep, Recording::Unavailable);
+                }
                 let answer = Recording::Answer {
                     answer,
                     seed,

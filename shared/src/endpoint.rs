@@ -290,7 +290,9 @@ fn recording(req: &Request, app: &App, ctx: &PageCtx, t: u64) -> Response {
             voice,
         }) => (answer, seed, voice),
         Ok(crate::captcha::Recording::Unavailable) => {
-            tracing::info!("recording refused: the challenge is used, expired or unknown");
+            tracing::info!(
+                "recording refused: the challenge is used, expired, unknown or from before an upgrade"
+            );
             let msg = text(ctx.lang, Msg::AudioUnavailable);
             return pages::error(ctx, 410, "audio_unavailable", msg, &[], None, None);
         }
