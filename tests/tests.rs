@@ -29,5 +29,6 @@ mod release_archive;
 mod release_profile;
 mod shared_store;
 mod spam;
+mod spool_admin;
 mod tokens;
 mod webservers;

@@ -117,11 +117,8 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
     use crate::spool::Folder;
     let arg = |i: usize| args.get(i).map(String::as_str);
     let folder = |name: Option<&str>| match name.unwrap_or("new") {
-        "new" => Some(Folder::New),
-        "failed" => Some(Folder::Failed),
-        "sent" => Some(Folder::Sent),
-        "quarantine" | "--quarantine" => Some(Folder::Quarantine),
-        _ => None,
+        "--quarantine" => Some(Folder::Quarantine),
+        other => Folder::from_name(other),
     };
     run_cli("spool", SPOOL_USAGE, out, err, |app, t, out, err| {
         Some(match (arg(0), arg(1)) {
@@ -176,7 +173,8 @@ fn spool_retry(app: &App, t: u64, verbose: bool, out: &mut dyn Write) -> crate::
 }
 
 /// `spool list [FOLDER]`: one line per message, tab-separated, headed by its columns.
-fn spool_list(
+/// The tokens endpoint's `?action=spool&do=list` prints the same.
+pub fn spool_list(
     app: &App,
     f: crate::spool::Folder,
     t: u64,

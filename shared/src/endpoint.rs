@@ -860,7 +860,8 @@ fn check_report(req: &Request) -> Response {
 
 /// The token endpoint. `GET ?profile=P` with a bearer token answers 204 (valid) or 401,
 /// for a web server's auth sub-request. `POST ?action=rotate&profile=P` rotates P when the
-/// bearer token is valid for the admin profile, and shows the new token once.
+/// bearer token is valid for the admin profile, and shows the new token once. With an admin
+/// token, `?action=check` is the self-check and `?action=spool&do=…` the mail spool.
 pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
     let method = req.method();
     let action = req.query_param("action").unwrap_or_else(|| "verify".into());
@@ -883,6 +884,7 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
         ("GET" | "HEAD", "verify") => token_verify(&req, &app, &profile, t),
         ("POST", "rotate") => token_rotate(&req, &app, &profile, t),
         ("GET", "check") => token_check(&req, &app, t),
+        (_, "spool") => token_spool(&req, &app, t),
         (_, "check") => not_allowed("check takes GET", "GET"),
         (_, "verify") => not_allowed("verify takes GET", "GET, HEAD"),
         (_, "rotate") => not_allowed("rotate takes POST", "POST"),
@@ -890,7 +892,7 @@ pub fn tokens(req: Request, _body: &mut dyn Read) -> Response {
             &req,
             400,
             "bad_request",
-            "unknown action (verify, rotate or check)",
+            "unknown action (verify, rotate, check or spool)",
         ),
     }
 }
@@ -970,6 +972,106 @@ fn token_rotate(req: &Request, app: &App, profile: &str, t: u64) -> Response {
             ])
             .render(),
         ),
+        Err(e) => token_error(req, &e),
+    }
+}
+
+/// `?action=spool&do=…` with a live admin token: the `spool` command line's commands for an
+/// operator without a shell (FTP-only hosting), over `curl`. `GET do=list[&folder=F]` and
+/// `GET do=show&id=ID` read; `POST do=release|delete&id=ID` and `POST do=requeue&id=ID|all`
+/// change, through the same delivery functions and locks as the command line. `retry` is
+/// left out: a run over the whole spool could outlast the web server's timeout, and the
+/// step after every visitor's answer does that work already. The bootstrap secret opens
+/// nothing here: it is for the first token, not for messages.
+fn token_spool(req: &Request, app: &App, t: u64) -> Response {
+    use crate::delivery::Released;
+    use crate::spool::{Folder, is_valid_id};
+    let Some(token) = bearer(req) else {
+        return unauthorized(req);
+    };
+    match admin_access(app, &token, t) {
+        Ok(AdminAccess::Admin) => {}
+        Ok(AdminAccess::Bootstrap | AdminAccess::Refused) => return unauthorized(req),
+        Err(e) => return token_error(req, &e),
+    }
+    let command = req.query_param("do").unwrap_or_default();
+    let allow = match command.as_str() {
+        "list" | "show" => "GET, HEAD",
+        "release" | "delete" | "requeue" => "POST",
+        _ => {
+            return json_or_text(
+                req,
+                400,
+                "bad_request",
+                "unknown spool command (list, show, release, delete or requeue)",
+            );
+        }
+    };
+    if !allow.split(", ").any(|m| m == req.method()) {
+        return json_or_text(
+            req,
+            405,
+            "method_not_allowed",
+            &format!("spool {command} takes {allow}"),
+        )
+        .header("Allow", allow);
+    }
+    let id = req.query_param("id").unwrap_or_default();
+    if command != "list" && !(is_valid_id(&id) || (command == "requeue" && id == "all")) {
+        return json_or_text(req, 400, "bad_request", "id is not a spool id");
+    }
+    let text = |status: u16, body: String| {
+        Response::bytes(status, "text/plain; charset=utf-8", body.into_bytes())
+    };
+    let d = app.delivery();
+    let done = match command.as_str() {
+        "list" => {
+            let name = req.query_param("folder").unwrap_or_else(|| "new".into());
+            let Some(folder) = Folder::from_name(&name) else {
+                return json_or_text(
+                    req,
+                    400,
+                    "bad_request",
+                    "folder is one of new, failed, sent, quarantine",
+                );
+            };
+            let mut out = Vec::new();
+            crate::admin::spool_list(app, folder, t, &mut out)
+                .map(|_| text(200, String::from_utf8_lossy(&out).into_owned()))
+        }
+        "show" => app.spool.find_text(&id).map(|found| match found {
+            Some(message) => text(200, message),
+            None => text(404, format!("no message {id}\n")),
+        }),
+        "requeue" => crate::delivery::requeue(&d, &id, t).map(|n| match n {
+            0 if id != "all" => text(404, format!("no failed message {id}\n")),
+            n => text(200, format!("requeued {n} message(s)\n")),
+        }),
+        release => {
+            let done = if release == "release" {
+                crate::delivery::release(&d, &id, t)
+            } else {
+                crate::delivery::delete_quarantined(&d, &id, t)
+            };
+            done.map(|r| match r {
+                Released::Delivered => text(200, format!("released {id}: delivered\n")),
+                Released::Queued => text(
+                    202,
+                    format!("released {id}: waiting in the spool, the next retry sends it\n"),
+                ),
+                Released::Deleted => text(200, format!("deleted {id}\n")),
+                Released::NotFound => text(404, format!("no quarantined message {id}\n")),
+                Released::Busy => {
+                    text(503, format!("{id} is busy; try again\n")).header("Retry-After", "1")
+                }
+            })
+        }
+    };
+    match done {
+        Ok(resp) => {
+            tracing::info!(command, id, status = resp.status, "spool command over HTTP");
+            resp
+        }
         Err(e) => token_error(req, &e),
     }
 }

@@ -98,6 +98,19 @@ pub enum Folder {
 }
 
 impl Folder {
+    /// The folder an operator names (`new`, `failed`, `sent`, `quarantine`); `None` for
+    /// any other name, so that no name leads out of the spool.
+    pub fn from_name(name: &str) -> Option<Folder> {
+        [
+            Folder::New,
+            Folder::Failed,
+            Folder::Sent,
+            Folder::Quarantine,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Folder::New => "new",
