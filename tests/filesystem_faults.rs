@@ -373,3 +373,45 @@ fn a_read_only_var_refuses_clearly_keeps_verifying_tokens_and_recovers() {
     assert_honest_post(&site, &again, 0, "writable again");
     assert!(matches!(again.status, 200 | 202));
 }
+
+/// `spool requeue all` (and its HTTP twin) goes past a failed entry it cannot read, as the
+/// retry run does: a folder with an older message's name in `spool/failed/` must not keep
+/// the messages behind it from being sent again.
+#[test]
+fn requeue_all_goes_past_a_failed_entry_it_cannot_read() {
+    let site = Site::with_mail_lines("max_attempts = 1\n");
+    let transport = site.var("mail-out");
+    std::fs::remove_dir(&transport).expect("empty");
+    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    let (id, answer) = site.challenge("198.51.100.110");
+    let post = site
+        .contact_post(&id, &answer)
+        .remote_addr("198.51.100.110")
+        .run();
+    assert_eq!(post.status, 202, "{}", post.text());
+    let failed = site.ls("spool/failed");
+    assert_eq!(failed.len(), 1, "given up after one attempt");
+    std::fs::remove_file(&transport).expect("the operator fixes it");
+    std::fs::create_dir(&transport).expect("the folder again");
+    let broken = site.var("spool/failed/1700000000-0000000000000000.toml");
+    plant_folder(&broken);
+
+    let out = site.cli("spool", &["requeue", "all"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(site.ls("spool/new"), failed, "the real one is requeued: {stderr}");
+    assert!(stdout.contains("requeued 1"), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("1 could not be read"),
+        "the operator hears of the other: {stdout}"
+    );
+    assert!(
+        stderr.contains("1700000000-0000000000000000"),
+        "the log names it: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "not everything was requeued");
+    assert!(broken.is_dir(), "left for the operator");
+}
