@@ -402,7 +402,11 @@ fn requeue_all_goes_past_a_failed_entry_it_cannot_read() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(site.ls("spool/new"), failed, "the real one is requeued: {stderr}");
+    assert_eq!(
+        site.ls("spool/new"),
+        failed,
+        "the real one is requeued: {stderr}"
+    );
     assert!(stdout.contains("requeued 1"), "{stdout} {stderr}");
     assert!(
         stdout.contains("1 could not be read"),

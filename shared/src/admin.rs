@@ -142,14 +142,25 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                 spool_release(app, verb == "release", id, t, out, err)
             }
             (Some("requeue"), Some(id)) => {
-                crate::delivery::requeue(&app.delivery(), id, t).map(|n| {
-                    let _ = writeln!(out, "requeued {n} message(s)");
-                    if n == 0 { 1 } else { 0 }
+                crate::delivery::requeue(&app.delivery(), id, t).map(|r| {
+                    let _ = writeln!(out, "{}", requeue_summary(r));
+                    if r.moved == 0 || r.errors > 0 { 1 } else { 0 }
                 })
             }
             _ => return None,
         })
     })
+}
+
+/// The line `spool requeue` prints, and the endpoint's `do=requeue` answers.
+pub fn requeue_summary(r: crate::delivery::Requeued) -> String {
+    match r.errors {
+        0 => format!("requeued {} message(s)", r.moved),
+        n => format!(
+            "requeued {} message(s); {n} could not be read (the log names them)",
+            r.moved
+        ),
+    }
 }
 
 /// `spool retry [--verbose]`: one retry run; exit 1 when something stays undelivered.

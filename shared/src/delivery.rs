@@ -278,36 +278,66 @@ pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
     Ok(Some(report))
 }
 
+/// What one requeue did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Requeued {
+    /// Messages moved back to `new/`.
+    pub moved: usize,
+    /// Entries of `failed/` that could not be read or moved (logged with their id); with
+    /// `"all"` the requeue goes on past them, as the retry run does.
+    pub errors: usize,
+}
+
 /// Moves `id` (or every message with `"all"`) from `failed/` back to `new/` with fresh
-/// counters, so the next retry run tries again. Returns how many moved.
-pub fn requeue(d: &Delivery<'_>, id: &str, now: u64) -> Result<usize> {
-    let ids = if id == "all" {
-        d.spool.ids(Folder::Failed)?
-    } else {
-        vec![id.to_string()]
-    };
-    let mut moved = 0;
-    for id in ids {
-        if !crate::spool::is_valid_id(&id) {
+/// counters, so the next retry run tries again.
+pub fn requeue(d: &Delivery<'_>, id: &str, now: u64) -> Result<Requeued> {
+    if id != "all" {
+        if !crate::spool::is_valid_id(id) {
             return Err(crate::Error::InvalidInput {
                 what: "spool id",
-                detail: id,
+                detail: id.to_string(),
             });
         }
-        let Some(guard) = d.locks.try_acquire(&LockKey::spool(&id))? else {
-            continue;
-        };
-        if let Some(Ok(mut msg)) = d.spool.load(Folder::Failed, &id, now)? {
+        let moved = usize::from(requeue_one(d, id, now)?);
+        return Ok(Requeued { moved, errors: 0 });
+    }
+    let mut done = Requeued::default();
+    // The listing holds only valid ids (`Spool::ids`).
+    for id in d.spool.ids(Folder::Failed)? {
+        match requeue_one(d, &id, now) {
+            Ok(moved) => done.moved += usize::from(moved),
+            Err(e) => {
+                tracing::error!(id, error = %e, "failed message could not be requeued; it stays where it is");
+                done.errors += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Requeues one message of `failed/` under its claim lock; `false` when it is busy, gone
+/// or unreadable (the last is logged: it stays in `failed/` for the operator).
+fn requeue_one(d: &Delivery<'_>, id: &str, now: u64) -> Result<bool> {
+    let Some(guard) = d.locks.try_acquire(&LockKey::spool(id))? else {
+        return Ok(false);
+    };
+    let moved = match d.spool.load(Folder::Failed, id, now)? {
+        Some(Ok(mut msg)) => {
             msg.attempts = 0;
             msg.next_attempt_at = now;
             msg.requeued_at = now;
             d.spool.update(Folder::Failed, &msg)?;
-            d.spool.move_to(&id, Folder::Failed, Folder::New)?;
+            d.spool.move_to(id, Folder::Failed, Folder::New)?;
             tracing::info!(id, "message requeued");
-            moved += 1;
+            true
         }
-        drop(guard);
-    }
+        Some(Err(reason)) => {
+            tracing::error!(id, reason, "failed message unreadable: not requeued");
+            false
+        }
+        None => false,
+    };
+    drop(guard);
     Ok(moved)
 }
 

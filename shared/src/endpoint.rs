@@ -1043,9 +1043,12 @@ fn token_spool(req: &Request, app: &App, t: u64) -> Response {
             Some(message) => text(200, message),
             None => text(404, format!("no message {id}\n")),
         }),
-        "requeue" => crate::delivery::requeue(&d, &id, t).map(|n| match n {
-            0 if id != "all" => text(404, format!("no failed message {id}\n")),
-            n => text(200, format!("requeued {n} message(s)\n")),
+        "requeue" => crate::delivery::requeue(&d, &id, t).map(|r| {
+            if r.moved == 0 && id != "all" {
+                text(404, format!("no failed message {id}\n"))
+            } else {
+                text(200, format!("{}\n", crate::admin::requeue_summary(r)))
+            }
         }),
         release => {
             let done = if release == "release" {
