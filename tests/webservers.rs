@@ -344,6 +344,9 @@ fn tokens_get_the_authorization_header(kind: Kind) {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let token = stdout.lines().next().expect("the token on line 1").trim();
+    // Before the server starts, which hands var/ to its account: a token list this
+    // command wrote later would be root's alone (0600), as OPERATIONS warns.
+    let admin = format!("Bearer {}", site.rotate("admin"));
     let server = Server::start(kind, &site);
     let target = format!("{}?profile=deploy", server.path("tokens"));
     let bearer = format!("Bearer {token}");
@@ -362,6 +365,40 @@ fn tokens_get_the_authorization_header(kind: Kind) {
         let a = request(server.port(), "GET", &target, &headers, b"");
         assert_eq!(a.status, 401, "{headers:?}: {}", a.describe());
     }
+
+    // The admin's spool commands (the way without a shell) arrive whole through the server:
+    // the header, the query's several parameters, and a POST without a body.
+    let list = format!(
+        "{}?action=spool&do=list&folder=failed",
+        server.path("tokens")
+    );
+    let a = request(
+        server.port(),
+        "GET",
+        &list,
+        &[("Authorization", &admin)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}\n{}", a.describe(), server.log());
+    assert!(a.text().starts_with("id\tattempts"), "{}", a.describe());
+    let requeue = format!("{}?action=spool&do=requeue&id=all", server.path("tokens"));
+    let a = request(
+        server.port(),
+        "POST",
+        &requeue,
+        &[("Authorization", &admin)],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{}\n{}", a.describe(), server.log());
+    assert!(a.text().contains("requeued 0"), "{}", a.describe());
+    let a = request(
+        server.port(),
+        "POST",
+        &requeue,
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(a.status, 401, "a deploy token: {}", a.describe());
 }
 
 // ---------------------------------------------------------------------------------------
