@@ -42,6 +42,7 @@ fn every_executable_checks_a_good_installation() {
             "mail",
             "store",
             "protection",
+            "ownership",
         ] {
             assert!(line(&report, name).starts_with("ok"), "{bin}:\n{report}");
         }
@@ -199,4 +200,52 @@ fn the_bootstrap_secret_opens_the_report_until_the_first_admin_token() {
     // The first admin token burns the secret for the report as well.
     site.rotate("admin");
     assert_eq!(ask(secret).status, 401);
+}
+
+/// A command run as another account (root, or the operator's login where the web server
+/// runs CGI as its own) leaves files and shard folders under var/ that the programs cannot
+/// read or write (state files are 0600). The check finds them, names one and says what to
+/// do; the programs' own files and the operator's uploads are not counted.
+#[test]
+fn files_of_another_account_under_var_are_named() {
+    use std::os::unix::fs::MetadataExt;
+    let site = Site::new();
+    site.rotate("deploy");
+    let (id, answer) = site.challenge("192.0.2.61");
+    assert_eq!(site.contact_post(&id, &answer).run().status, 200);
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "ownership").starts_with("ok"), "{report}");
+
+    // An uploaded file of another account (FTP under --var-mode shared) is no problem.
+    let keep = site.var("state/tokens/.keep");
+    std::fs::write(&keep, "").expect("keep");
+    let nobody = 65534;
+    std::os::unix::fs::chown(&keep, Some(nobody), Some(nobody)).expect("chown");
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 0, "{report}");
+
+    let me = std::fs::metadata(site.root()).expect("root").uid();
+    assert_ne!(me, nobody);
+    std::fs::write(site.var("state/mail-quota.toml"), "at = []\n").expect("quota");
+    for foreign in [
+        site.var("state/tokens/deploy.toml"),
+        site.challenge_path(&id)
+            .parent()
+            .expect("shard")
+            .to_path_buf(),
+        site.var("state/mail-quota.toml"),
+    ] {
+        std::os::unix::fs::chown(&foreign, Some(nobody), Some(nobody)).expect("chown");
+        let (code, report) = check(&site, "captcha");
+        assert_eq!(code, 1, "{}:\n{report}", foreign.display());
+        let l = line(&report, "ownership");
+        assert!(l.starts_with("FAIL"), "{l}");
+        let name = foreign.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        assert!(l.contains(name), "names {name}: {l}");
+        assert!(l.contains("same account"), "says what to do: {l}");
+        std::os::unix::fs::chown(&foreign, Some(me), Some(me)).expect("chown back");
+    }
+    let (code, report) = check(&site, "captcha");
+    assert_eq!(code, 0, "{report}");
 }

@@ -2,7 +2,8 @@
 //! `tokens?action=check` over HTTP): is the config valid, is every `var/` folder there and
 //! writable by the user running us, does `flock` work on that file system and is it not a
 //! network one, is randomness available, is the clock sane, is the mail transport usable,
-//! is `var/` protected from the web. Each finding is one line in plain words that says what
+//! is `var/` protected from the web, do the files the programs wrote belong to the account
+//! running them. Each finding is one line in plain words that says what
 //! to do. The check writes only its own probe files (through `atomic`) and removes them;
 //! it never changes or reads visitors' state.
 
@@ -109,6 +110,103 @@ fn folders(layout: &Layout) -> Finding {
         true,
         "every folder under var/ exists and is writable",
     )
+}
+
+/// Entries looked at by [`ownership`], at most: a sample is enough to find a command that
+/// ran as the wrong account, and the check stays quick under a full rate-limit folder.
+const OWNERSHIP_LOOKS: usize = 5_000;
+
+/// Files the programs write (state, messages, lock files) and the shard folders they
+/// create, owned by another account than the one running the check: left by a command run
+/// as root or as the operator's login where the web server runs CGI as its own. State
+/// files are 0600 and lock files need writing, so the programs fail on them. The operator's
+/// own uploads (the folders, `.keep`, `.htaccess`, the config) are not counted.
+fn ownership(layout: &Layout) -> Finding {
+    use std::os::unix::fs::MetadataExt;
+    /// What the walk found so far.
+    struct Tally {
+        me: u32,
+        looked: usize,
+        foreign: usize,
+        first: Option<std::path::PathBuf>,
+    }
+    impl Tally {
+        fn look(&mut self, path: &Path) {
+            self.looked += 1;
+            if let Ok(m) = crate::fsio::symlink_metadata(path)
+                && m.uid() != self.me
+            {
+                self.foreign += 1;
+                self.first.get_or_insert_with(|| path.to_path_buf());
+            }
+        }
+    }
+    let written =
+        |name: &str| !name.starts_with('.') && (name.ends_with(".toml") || name.ends_with(".lock"));
+    let is_shard = |name: &str| name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let names = |dir: &Path| -> Vec<(String, std::path::PathBuf)> {
+        crate::fsio::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect()
+    };
+    let mut t = Tally {
+        // SAFETY: geteuid(2) takes no arguments, cannot fail and touches no memory.
+        me: unsafe { libc::geteuid() },
+        looked: 0,
+        foreign: 0,
+        first: None,
+    };
+    let singles = [
+        layout.tmp_dir().join("sweep.toml"),
+        layout.tokens_dir().with_file_name("mail-quota.toml"),
+    ];
+    for path in singles.iter().filter(|p| crate::fsio::exists(p)) {
+        t.look(path);
+    }
+    'dirs: for dir in layout.state_dirs() {
+        for (name, path) in names(&dir) {
+            if t.looked >= OWNERSHIP_LOOKS {
+                break 'dirs;
+            }
+            if is_shard(&name) {
+                t.look(&path);
+                for (inner, file) in names(&path).into_iter().take(OWNERSHIP_LOOKS) {
+                    if written(&inner) {
+                        t.look(&file);
+                    }
+                }
+            } else if written(&name) {
+                t.look(&path);
+            }
+        }
+    }
+    let Tally {
+        looked,
+        foreign,
+        first,
+        ..
+    } = t;
+    match first {
+        None => finding(
+            "ownership",
+            true,
+            format!("the files the programs wrote under var/ are theirs ({looked} looked at)"),
+        ),
+        Some(path) => finding(
+            "ownership",
+            false,
+            format!(
+                "{foreign} of {looked} files or folders under var/ belong to another account, \
+                 e.g. {}: the programs cannot use them. Run the command-line programs and cron \
+                 as the same account the web server runs the programs as, and give these \
+                 back to it (chown), or delete them",
+                path.display()
+            ),
+        ),
+    }
 }
 
 fn locking(layout: &Layout) -> Finding {
@@ -262,6 +360,7 @@ pub fn run(document_root: Option<&Path>) -> Vec<Finding> {
         Err(e) => out.push(finding("config", false, e.to_string())),
     }
     out.push(folders(&layout));
+    out.push(ownership(&layout));
     out.push(locking(&layout));
     out.push(filesystem(&layout.var()));
     out.push(match crate::random::bytes::<16>() {
