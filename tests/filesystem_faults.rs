@@ -419,3 +419,38 @@ fn requeue_all_goes_past_a_failed_entry_it_cannot_read() {
     assert_eq!(out.status.code(), Some(1), "not everything was requeued");
     assert!(broken.is_dir(), "left for the operator");
 }
+
+/// A message that went out but could not be filed into `spool/sent/` (here that folder is
+/// another file system, as a symlink to another disk makes it, so the rename fails with
+/// EXDEV) is sent once: it is taken out of `new/` all the same, without its copy in
+/// `sent/`, so no later retry sends it again.
+#[test]
+fn a_broken_sent_folder_never_makes_a_message_go_out_twice() {
+    let site = Site::with_mail_lines("keep_sent = 5\n");
+    let _other_disk = Tmpfs::mount(&site.var("spool/sent"), "1m");
+    for i in 0..3 {
+        let addr = format!("198.51.100.{}", 130 + i);
+        let (id, answer) = site.challenge(&addr);
+        let post = site.contact_post(&id, &answer).remote_addr(&addr).run();
+        assert_eq!(post.status, 200, "it went out: {}", post.text());
+        assert!(post.stderr.contains("sent/"), "logged: {}", post.stderr);
+    }
+    assert_eq!(site.delivered(), 3);
+    assert!(site.ls("spool/new").is_empty(), "none left to send again");
+    // Later visitors and cron's retry send nothing again.
+    for i in 0..3 {
+        let get = site
+            .cgi("captcha", "GET")
+            .remote_addr(&format!("198.51.100.{}", 140 + i))
+            .run();
+        assert_eq!(get.status, 200);
+    }
+    site.advance_clock(24 * 3600);
+    let retry = site.cli("spool", &["retry"]);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert_eq!(site.delivered(), 3, "each message went out once");
+}
