@@ -53,6 +53,9 @@ pub enum DeliveryOutcome {
     Busy,
     /// Not due yet (backoff) or already gone.
     Skipped,
+    /// Delivered, but it could not be taken out of `new/` (that folder cannot be written):
+    /// a later retry sends it again (at least once, never lost).
+    SentNotCleared(String),
 }
 
 /// Totals of one retry run.
@@ -147,15 +150,20 @@ fn handle(d: &Delivery<'_>, id: &str, now: u64, due_only: bool) -> Result<Delive
     let result = mail::build(d.mail, &msg).and_then(|m| mail::send(d.mail, d.root, id, &m));
     match result {
         Ok(()) => {
-            if d.mail.keep_sent > 0 {
-                spool.move_to(id, Folder::New, Folder::Sent)?;
-                spool.trim_sent(d.mail.keep_sent)?;
-            } else {
-                spool.remove(Folder::New, id)?;
-            }
             tracing::info!(id, attempts = msg.attempts + 1, "message delivered");
-            guard.release_and_unlink()?;
-            Ok(DeliveryOutcome::Delivered)
+            let cleared = clear_delivered(d, id);
+            // Sent: nothing after this may count as an error before the send, or a retry
+            // step would go on to send another. A lock file left behind is swept later.
+            if let Err(e) = guard.release_and_unlink() {
+                tracing::warn!(id, error = %e, "claim lock file not removed");
+            }
+            Ok(match cleared {
+                Ok(()) => DeliveryOutcome::Delivered,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "delivered, but it could not be taken out of new/: a later retry sends it again");
+                    DeliveryOutcome::SentNotCleared(e.to_string())
+                }
+            })
         }
         Err(e) => {
             msg.attempts += 1;
@@ -176,11 +184,35 @@ fn handle(d: &Delivery<'_>, id: &str, now: u64, due_only: bool) -> Result<Delive
     }
 }
 
+/// Takes a delivered message out of `new/`: into `sent/` when copies are kept, else away.
+/// When the copy cannot be filed (`sent/` unwritable, or on another file system), the
+/// message is removed all the same: a missing copy is better than a message that every
+/// retry sends again.
+fn clear_delivered(d: &Delivery<'_>, id: &str) -> Result<()> {
+    let spool = &d.spool;
+    if d.mail.keep_sent > 0 {
+        match spool.move_to(id, Folder::New, Folder::Sent) {
+            Ok(()) => {
+                if let Err(e) = spool.trim_sent(d.mail.keep_sent) {
+                    tracing::warn!(error = %e, "old copies in sent/ could not be trimmed");
+                }
+                return Ok(());
+            }
+            Err(e) => tracing::error!(
+                id,
+                error = %e,
+                "delivered, but no copy could be kept in sent/: removed from new/ without one"
+            ),
+        }
+    }
+    spool.remove(Folder::New, id)
+}
+
 /// Tries to deliver the message the contact POST just spooled. `true` when it went out;
 /// `false` means it is safely in the spool for the retry run.
 pub fn deliver_fresh(d: &Delivery<'_>, id: &str, now: u64) -> bool {
     match handle(d, id, now, false) {
-        Ok(DeliveryOutcome::Delivered) => true,
+        Ok(DeliveryOutcome::Delivered | DeliveryOutcome::SentNotCleared(_)) => true,
         Ok(_) => false,
         Err(e) => {
             tracing::error!(id, error = %e, "delivery attempt failed; the message stays in the spool");
@@ -227,6 +259,13 @@ pub fn retry(d: &Delivery<'_>, now: u64) -> Result<RetryReport> {
             DeliveryOutcome::Failed(_) => report.failed += 1,
             DeliveryOutcome::Busy => report.busy += 1,
             DeliveryOutcome::Skipped => report.waiting += 1,
+            DeliveryOutcome::SentNotCleared(_) => {
+                // `new/` cannot be written: every further message would go out and stay
+                // there too, to be sent again by the next run. Stop here.
+                report.delivered += 1;
+                report.errors += 1;
+                break;
+            }
         }
     }
     tracing::info!(?report, "retry run done");
@@ -262,6 +301,10 @@ pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
         };
         match outcome {
             DeliveryOutcome::Delivered => report.delivered += 1,
+            DeliveryOutcome::SentNotCleared(_) => {
+                report.delivered += 1;
+                report.errors += 1;
+            }
             DeliveryOutcome::Deferred(_) => report.deferred += 1,
             DeliveryOutcome::Failed(_) => report.failed += 1,
             DeliveryOutcome::Busy => {
