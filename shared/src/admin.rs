@@ -125,7 +125,7 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
             (Some("retry"), verbose @ (None | Some("--verbose"))) => {
                 spool_retry(app, t, verbose.is_some(), out)
             }
-            (Some("list"), f) => spool_list(app, folder(f)?, t, out),
+            (Some("list"), f) => spool_list(app, folder(f)?, t, usize::MAX, out),
             (Some("show"), Some(id)) if crate::spool::is_valid_id(id) => {
                 app.spool.find_text(id).map(|found| match found {
                     Some(text) => {
@@ -142,9 +142,10 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                 spool_release(app, verb == "release", id, t, out, err)
             }
             (Some("requeue"), Some(id)) => {
-                crate::delivery::requeue(&app.delivery(), id, t).map(|r| {
-                    let _ = writeln!(out, "{}", requeue_summary(r));
-                    if r.moved == 0 || r.errors > 0 { 1 } else { 0 }
+                crate::delivery::requeue(&app.delivery(), id, t, usize::MAX).map(|r| {
+                    let _ = writeln!(out, "{}", requeue_summary(&r));
+                    let all_done = r.moved > 0 && r.busy == 0 && r.unreadable.is_empty();
+                    if all_done { 0 } else { 1 }
                 })
             }
             _ => return None,
@@ -152,15 +153,23 @@ pub fn spool_cli(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
     })
 }
 
-/// The line `spool requeue` prints, and the endpoint's `do=requeue` answers.
-pub fn requeue_summary(r: crate::delivery::Requeued) -> String {
-    match r.errors {
-        0 => format!("requeued {} message(s)", r.moved),
-        n => format!(
-            "requeued {} message(s); {n} could not be read (the log names them)",
-            r.moved
-        ),
+/// The line `spool requeue` prints, and the endpoint's `do=requeue` answers: what moved,
+/// and by id what did not, so that an operator without the log knows what to look at.
+pub fn requeue_summary(r: &crate::delivery::Requeued) -> String {
+    let mut line = format!("requeued {} message(s)", r.moved);
+    if r.busy > 0 {
+        line += &format!("; {} busy (run it again)", r.busy);
     }
+    if !r.unreadable.is_empty() {
+        line += &format!(
+            "; cannot be read (the log says why): {}",
+            r.unreadable.join(" ")
+        );
+    }
+    if r.left > 0 {
+        line += &format!("; {} more left (run it again)", r.left);
+    }
+    line
 }
 
 /// `spool retry [--verbose]`: one retry run; exit 1 when something stays undelivered.
@@ -183,12 +192,15 @@ fn spool_retry(app: &App, t: u64, verbose: bool, out: &mut dyn Write) -> crate::
     })
 }
 
-/// `spool list [FOLDER]`: one line per message, tab-separated, headed by its columns.
-/// The tokens endpoint's `?action=spool&do=list` prints the same.
+/// `spool list [FOLDER]`: one line per message, oldest first, tab-separated, headed by its
+/// columns; at most `max` messages, then a line saying how many more there are. An entry
+/// that cannot be read is listed as such (and logged), never the end of the listing. The
+/// tokens endpoint's `?action=spool&do=list` prints the same.
 pub fn spool_list(
     app: &App,
     f: crate::spool::Folder,
     t: u64,
+    max: usize,
     out: &mut dyn Write,
 ) -> crate::Result<i32> {
     let quarantine = f == crate::spool::Folder::Quarantine;
@@ -197,9 +209,10 @@ pub fn spool_list(
     } else {
         writeln!(out, "id\tattempts\tnext_attempt_at\tlast_error")
     };
-    for id in app.spool.ids(f)? {
-        let _ = match app.spool.load(f, &id, t)? {
-            Some(Ok(m)) if quarantine => writeln!(
+    let ids = app.spool.ids(f)?;
+    for id in ids.iter().take(max) {
+        let _ = match app.spool.load(f, id, t) {
+            Ok(Some(Ok(m))) if quarantine => writeln!(
                 out,
                 "{}\t{}\t{}\t{}",
                 m.id,
@@ -207,14 +220,21 @@ pub fn spool_list(
                 m.quarantined_for.join(","),
                 m.subject
             ),
-            Some(Ok(m)) => writeln!(
+            Ok(Some(Ok(m))) => writeln!(
                 out,
                 "{}\t{}\t{}\t{}",
                 m.id, m.attempts, m.next_attempt_at, m.last_error
             ),
-            Some(Err(reason)) => writeln!(out, "{id}\t?\t?\tunreadable: {reason}"),
-            None => Ok(()),
+            Ok(Some(Err(reason))) => writeln!(out, "{id}\t?\t?\tunreadable: {reason}"),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::error!(id, error = %e, "spool entry unreadable");
+                writeln!(out, "{id}\t?\t?\tunreadable (the log says why)")
+            }
         };
+    }
+    if ids.len() > max {
+        let _ = writeln!(out, "... {} more not listed", ids.len() - max);
     }
     Ok(0)
 }

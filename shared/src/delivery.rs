@@ -322,49 +322,68 @@ pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
 }
 
 /// What one requeue did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Requeued {
     /// Messages moved back to `new/`.
     pub moved: usize,
-    /// Entries of `failed/` that could not be read or moved (logged with their id); with
-    /// `"all"` the requeue goes on past them, as the retry run does.
-    pub errors: usize,
+    /// Messages another process held at the moment (a run again takes them).
+    pub busy: usize,
+    /// Ids in `failed/` that could not be read or moved (each logged with the reason);
+    /// they stay where they are, and a requeue of all goes on past them.
+    pub unreadable: Vec<String>,
+    /// Messages of `failed/` not looked at because of the `max` of this call.
+    pub left: usize,
 }
 
-/// Moves `id` (or every message with `"all"`) from `failed/` back to `new/` with fresh
-/// counters, so the next retry run tries again.
-pub fn requeue(d: &Delivery<'_>, id: &str, now: u64) -> Result<Requeued> {
-    if id != "all" {
-        if !crate::spool::is_valid_id(id) {
-            return Err(crate::Error::InvalidInput {
-                what: "spool id",
-                detail: id.to_string(),
-            });
-        }
-        let moved = usize::from(requeue_one(d, id, now)?);
-        return Ok(Requeued { moved, errors: 0 });
-    }
-    let mut done = Requeued::default();
-    // The listing holds only valid ids (`Spool::ids`).
-    for id in d.spool.ids(Folder::Failed)? {
+/// Moves `id` (or every message with `"all"`, at most `max` of them, oldest first) from
+/// `failed/` back to `new/` with fresh counters, so the next retry run tries again. The
+/// endpoint passes a `max` so that one request stays short; the command line none.
+pub fn requeue(d: &Delivery<'_>, id: &str, now: u64, max: usize) -> Result<Requeued> {
+    let ids = if id == "all" {
+        // The listing holds only valid ids (`Spool::ids`).
+        d.spool.ids(Folder::Failed)?
+    } else if crate::spool::is_valid_id(id) {
+        vec![id.to_string()]
+    } else {
+        return Err(crate::Error::InvalidInput {
+            what: "spool id",
+            detail: id.to_string(),
+        });
+    };
+    let mut done = Requeued {
+        left: ids.len().saturating_sub(max),
+        ..Requeued::default()
+    };
+    for id in ids.into_iter().take(max) {
         match requeue_one(d, &id, now) {
-            Ok(moved) => done.moved += usize::from(moved),
+            Ok(RequeueOne::Moved) => done.moved += 1,
+            Ok(RequeueOne::Busy) => done.busy += 1,
+            Ok(RequeueOne::Missing) => {}
+            Ok(RequeueOne::Unreadable) => done.unreadable.push(id),
             Err(e) => {
                 tracing::error!(id, error = %e, "failed message could not be requeued; it stays where it is");
-                done.errors += 1;
+                done.unreadable.push(id);
             }
         }
     }
     Ok(done)
 }
 
-/// Requeues one message of `failed/` under its claim lock; `false` when it is busy, gone
-/// or unreadable (the last is logged: it stays in `failed/` for the operator).
-fn requeue_one(d: &Delivery<'_>, id: &str, now: u64) -> Result<bool> {
+/// What became of one message of a requeue.
+enum RequeueOne {
+    Moved,
+    Busy,
+    Missing,
+    /// Invalid content (logged); it stays in `failed/` for the operator.
+    Unreadable,
+}
+
+/// Requeues one message of `failed/` under its claim lock.
+fn requeue_one(d: &Delivery<'_>, id: &str, now: u64) -> Result<RequeueOne> {
     let Some(guard) = d.locks.try_acquire(&LockKey::spool(id))? else {
-        return Ok(false);
+        return Ok(RequeueOne::Busy);
     };
-    let moved = match d.spool.load(Folder::Failed, id, now)? {
+    let done = match d.spool.load(Folder::Failed, id, now)? {
         Some(Ok(mut msg)) => {
             msg.attempts = 0;
             msg.next_attempt_at = now;
@@ -372,16 +391,16 @@ fn requeue_one(d: &Delivery<'_>, id: &str, now: u64) -> Result<bool> {
             d.spool.update(Folder::Failed, &msg)?;
             d.spool.move_to(id, Folder::Failed, Folder::New)?;
             tracing::info!(id, "message requeued");
-            true
+            RequeueOne::Moved
         }
         Some(Err(reason)) => {
             tracing::error!(id, reason, "failed message unreadable: not requeued");
-            false
+            RequeueOne::Unreadable
         }
-        None => false,
+        None => RequeueOne::Missing,
     };
     drop(guard);
-    Ok(moved)
+    Ok(done)
 }
 
 /// What became of a quarantined message the operator acted on.

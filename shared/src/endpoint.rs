@@ -976,6 +976,12 @@ fn token_rotate(req: &Request, app: &App, profile: &str, t: u64) -> Response {
     }
 }
 
+/// Messages one `do=list` answer lists, at most (the quarantine's default ceiling), and one
+/// `do=requeue&id=all` moves: each move is a few writes and fsyncs, and a request must end
+/// well inside the web server's timeout. The answers say when more are left.
+const LIST_PER_REQUEST: usize = 1_000;
+const REQUEUE_PER_REQUEST: usize = 200;
+
 /// `?action=spool&do=…` with a live admin token: the `spool` command line's commands for an
 /// operator without a shell (FTP-only hosting), over `curl`. `GET do=list[&folder=F]` and
 /// `GET do=show&id=ID` read; `POST do=release|delete&id=ID` and `POST do=requeue&id=ID|all`
@@ -996,7 +1002,7 @@ fn token_spool(req: &Request, app: &App, t: u64) -> Response {
     }
     let command = req.query_param("do").unwrap_or_default();
     let allow = match command.as_str() {
-        "list" | "show" => "GET, HEAD",
+        "list" | "show" => "GET",
         "release" | "delete" | "requeue" => "POST",
         _ => {
             return json_or_text(
@@ -1007,7 +1013,7 @@ fn token_spool(req: &Request, app: &App, t: u64) -> Response {
             );
         }
     };
-    if !allow.split(", ").any(|m| m == req.method()) {
+    if req.method() != allow {
         return json_or_text(
             req,
             405,
@@ -1036,18 +1042,20 @@ fn token_spool(req: &Request, app: &App, t: u64) -> Response {
                 );
             };
             let mut out = Vec::new();
-            crate::admin::spool_list(app, folder, t, &mut out)
+            crate::admin::spool_list(app, folder, t, LIST_PER_REQUEST, &mut out)
                 .map(|_| text(200, String::from_utf8_lossy(&out).into_owned()))
         }
         "show" => app.spool.find_text(&id).map(|found| match found {
             Some(message) => text(200, message),
             None => text(404, format!("no message {id}\n")),
         }),
-        "requeue" => crate::delivery::requeue(&d, &id, t).map(|r| {
-            if r.moved == 0 && id != "all" {
-                text(404, format!("no failed message {id}\n"))
-            } else {
-                text(200, format!("{}\n", crate::admin::requeue_summary(r)))
+        "requeue" => crate::delivery::requeue(&d, &id, t, REQUEUE_PER_REQUEST).map(|r| {
+            let summary = format!("{}\n", crate::admin::requeue_summary(&r));
+            match (id == "all", r.moved, r.busy, r.unreadable.is_empty()) {
+                (true, ..) | (false, 1, ..) => text(200, summary),
+                (false, _, 1, _) => text(503, summary).header("Retry-After", "1"),
+                (false, _, _, false) => text(409, summary),
+                _ => text(404, format!("no failed message {id}\n")),
             }
         }),
         release => {
