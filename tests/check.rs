@@ -241,8 +241,9 @@ fn files_of_another_account_under_var_are_named() {
         assert_eq!(code, 1, "{}:\n{report}", foreign.display());
         let l = line(&report, "ownership");
         assert!(l.starts_with("FAIL"), "{l}");
-        let name = foreign.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-        assert!(l.contains(name), "names {name}: {l}");
+        let name = foreign.display().to_string();
+        assert!(l.contains(&name), "names {name}: {l}");
+        assert!(l.contains("account 65534"), "says whose: {l}");
         assert!(l.contains("same account"), "says what to do: {l}");
         std::os::unix::fs::chown(&foreign, Some(me), Some(me)).expect("chown back");
     }

@@ -128,7 +128,7 @@ fn ownership(layout: &Layout) -> Finding {
         me: u32,
         looked: usize,
         foreign: usize,
-        first: Option<std::path::PathBuf>,
+        first: Option<(std::path::PathBuf, u32)>,
     }
     impl Tally {
         fn look(&mut self, path: &Path) {
@@ -137,18 +137,22 @@ fn ownership(layout: &Layout) -> Finding {
                 && m.uid() != self.me
             {
                 self.foreign += 1;
-                self.first.get_or_insert_with(|| path.to_path_buf());
+                self.first
+                    .get_or_insert_with(|| (path.to_path_buf(), m.uid()));
             }
         }
     }
     let written =
         |name: &str| !name.starts_with('.') && (name.ends_with(".toml") || name.ends_with(".lock"));
     let is_shard = |name: &str| name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    // Never more names of one folder than the whole budget: a shard of a busy rate limiter
+    // holds thousands.
     let names = |dir: &Path| -> Vec<(String, std::path::PathBuf)> {
         crate::fsio::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
+            .take(OWNERSHIP_LOOKS)
             .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
             .collect()
     };
@@ -166,43 +170,62 @@ fn ownership(layout: &Layout) -> Finding {
     for path in singles.iter().filter(|p| crate::fsio::exists(p)) {
         t.look(path);
     }
-    'dirs: for dir in layout.state_dirs() {
+    // Token lists and messages first: few, and the likeliest to have been written by a
+    // command run by hand. The sharded folders (locks, challenges, windows) may be large.
+    let sharded = [
+        layout.lock_dir(),
+        layout.captcha_dir(),
+        layout.ratelimit_dir(),
+    ];
+    let mut dirs = layout.state_dirs();
+    dirs.sort_by_key(|d| sharded.contains(d));
+    let mut cut_short = false;
+    'dirs: for dir in dirs {
         for (name, path) in names(&dir) {
-            if t.looked >= OWNERSHIP_LOOKS {
-                break 'dirs;
-            }
             if is_shard(&name) {
                 t.look(&path);
-                for (inner, file) in names(&path).into_iter().take(OWNERSHIP_LOOKS) {
+                for (inner, file) in names(&path) {
                     if written(&inner) {
                         t.look(&file);
+                    }
+                    if t.looked >= OWNERSHIP_LOOKS {
+                        cut_short = true;
+                        break 'dirs;
                     }
                 }
             } else if written(&name) {
                 t.look(&path);
             }
+            if t.looked >= OWNERSHIP_LOOKS {
+                cut_short = true;
+                break 'dirs;
+            }
         }
     }
     let Tally {
+        me,
         looked,
         foreign,
         first,
-        ..
     } = t;
+    let sample = if cut_short { "the first " } else { "" };
     match first {
         None => finding(
             "ownership",
             true,
-            format!("the files the programs wrote under var/ are theirs ({looked} looked at)"),
+            format!(
+                "the files the programs wrote under var/ are theirs ({sample}{looked} looked at)"
+            ),
         ),
-        Some(path) => finding(
+        Some((path, owner)) => finding(
             "ownership",
             false,
             format!(
-                "{foreign} of {looked} files or folders under var/ belong to another account, \
-                 e.g. {}: the programs cannot use them. Run the command-line programs and cron \
-                 as the same account the web server runs the programs as, and give these \
-                 back to it (chown), or delete them",
+                "{foreign} of {sample}{looked} files or folders under var/ belong to account \
+                 {owner}, not to {me} that runs this check, e.g. {}. The programs only use \
+                 what their own account wrote: run the command-line programs and cron as the \
+                 same account the web server runs the programs as, and give these files to \
+                 that account (chown) or delete them",
                 path.display()
             ),
         ),
