@@ -59,11 +59,20 @@ fn only_a_live_admin_token_opens_the_spool() {
     let site = Site::with("", &format!("[tokens]\nbootstrap_sha256 = \"{digest}\"\n"));
     post_suspect(&site, "198.51.100.120");
     let deploy = site.rotate("deploy");
+    // An admin token that was revoked opens nothing either.
+    let revoked = site.rotate("admin");
+    let out = site.tokens_cli(&["revoke", "admin", "all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (who, token) in [
         ("nobody", None),
         ("a wrong token", Some("not-a-token")),
         ("a token of another profile", Some(deploy.as_str())),
         ("the bootstrap secret", Some(secret)),
+        ("a revoked admin token", Some(revoked.as_str())),
     ] {
         for (method, query) in [
             ("GET", "do=list&folder=quarantine"),
