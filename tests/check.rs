@@ -43,6 +43,7 @@ fn every_executable_checks_a_good_installation() {
             "store",
             "protection",
             "ownership",
+            "messages",
         ] {
             assert!(line(&report, name).starts_with("ok"), "{bin}:\n{report}");
         }
@@ -249,4 +250,68 @@ fn files_of_another_account_under_var_are_named() {
     }
     let (code, report) = check(&site, "captcha");
     assert_eq!(code, 0, "{report}");
+}
+
+/// The check tells an operator who never reads the log that messages need them: given-up
+/// messages in failed/ (what to do: fix [mail], requeue) and a full quarantine (suspects
+/// are being refused). Waiting messages and a quarantine below its ceiling are fine.
+#[test]
+fn given_up_messages_and_a_full_quarantine_are_reported() {
+    let site = Site::with("", "[spam]\nmin_fill_seconds = 0\nmax_quarantine = 2\n");
+    let (code, report) = check(&site, "tokens");
+    assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "messages").contains("0 waiting"), "{report}");
+
+    // A suspect in the quarantine, below its ceiling: fine.
+    let (id, answer) = site.challenge("192.0.2.70");
+    let mut form = good_form(&answer);
+    form.push(("fw_trap", "x".into()));
+    let held = site
+        .cgi("contact", "POST")
+        .captcha_cookie(&id)
+        .form(&form)
+        .run();
+    assert_eq!(held.status, 200);
+    let (code, report) = check(&site, "tokens");
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        line(&report, "messages").contains("1 in quarantine"),
+        "{report}"
+    );
+
+    // Full: new suspects are refused, which the operator must hear.
+    let (id, answer) = site.challenge("192.0.2.71");
+    let mut form = good_form(&answer);
+    form.push(("fw_trap", "x".into()));
+    assert_eq!(
+        site.cgi("contact", "POST")
+            .captcha_cookie(&id)
+            .form(&form)
+            .run()
+            .status,
+        200
+    );
+    let (code, report) = check(&site, "tokens");
+    assert_eq!(code, 1, "{report}");
+    let l = line(&report, "messages");
+    assert!(
+        l.starts_with("FAIL") && l.contains("quarantine is full"),
+        "{l}"
+    );
+    for f in site.ls("spool/quarantine") {
+        std::fs::remove_file(site.var(&format!("spool/quarantine/{f}"))).expect("rm");
+    }
+
+    // A message given up: FAIL, with what to do.
+    let failing = Site::with_mail_lines("max_attempts = 1\n");
+    let transport = failing.var("mail-out");
+    std::fs::remove_dir(&transport).expect("empty");
+    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    let (id, answer) = failing.challenge("192.0.2.72");
+    assert_eq!(failing.contact_post(&id, &answer).run().status, 202);
+    let (code, report) = check(&failing, "tokens");
+    assert_eq!(code, 1, "{report}");
+    let l = line(&report, "messages");
+    assert!(l.starts_with("FAIL") && l.contains("1 given up"), "{l}");
+    assert!(l.contains("requeue"), "says what to do: {l}");
 }

@@ -3,9 +3,9 @@
 //! writable by the user running us, does `flock` work on that file system and is it not a
 //! network one, is randomness available, is the clock sane, is the mail transport usable,
 //! is `var/` protected from the web, do the files the programs wrote belong to the account
-//! running them. Each finding is one line in plain words that says what
+//! running them, are messages given up or the quarantine full. Each finding is one line in plain words that says what
 //! to do. The check writes only its own probe files (through `atomic`) and removes them;
-//! it never changes or reads visitors' state.
+//! it never changes or reads visitors' state (of the spool it counts only names).
 
 use crate::app::App;
 use crate::config::Config;
@@ -308,6 +308,52 @@ fn mail(config: &Config, root: &Path) -> Finding {
 
 /// Whether the web can reach `var/`: only when it lies inside the document root (known
 /// over HTTP), and then a `var/.htaccess` that denies everything must be there.
+/// The messages that need the operator: given up in `failed/` (the mail settings are wrong
+/// or the server refuses them) and a full quarantine (new suspects are refused with 503).
+/// Only the names are counted; no message is read. Waiting messages are reported, not a
+/// problem: the retry sends them.
+fn messages(layout: &Layout, config: &Config) -> Finding {
+    use crate::spool::{Folder, Spool};
+    let spool = Spool::new(layout.spool_dir());
+    let count = |f: Folder| spool.ids(f).map(|ids| ids.len());
+    let (waiting, failed, held) = match (
+        count(Folder::New),
+        count(Folder::Failed),
+        count(Folder::Quarantine),
+    ) {
+        (Ok(w), Ok(f), Ok(q)) => (w, f, q),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+            return finding(
+                "messages",
+                false,
+                format!("the spool cannot be listed: {e}"),
+            );
+        }
+    };
+    let ceiling = config.spam.max_quarantine;
+    let counts = format!("{waiting} waiting, {failed} given up, {held} in quarantine");
+    let mut todo = Vec::new();
+    if failed > 0 {
+        todo.push(
+            "messages were given up: see why with spool list failed (or \
+             tokens?action=spool&do=list&folder=failed), fix [mail], then requeue them \
+             (spool requeue all, or POST …&do=requeue&id=all)"
+                .to_string(),
+        );
+    }
+    if held >= ceiling {
+        todo.push(format!(
+            "the quarantine is full ({ceiling}): new suspects are refused; release or \
+             delete what is held (spool list quarantine, or …&do=list&folder=quarantine)"
+        ));
+    }
+    if todo.is_empty() {
+        finding("messages", true, counts)
+    } else {
+        finding("messages", false, format!("{counts}: {}", todo.join("; ")))
+    }
+}
+
 /// The shared store, when the config names one: it must answer a `PING` within its bounds.
 fn store(config: &Config) -> Finding {
     let answered = crate::store::Store::open(&config.store, config.lock_wait, &config.path)
@@ -407,6 +453,7 @@ pub fn run(document_root: Option<&Path>) -> Vec<Finding> {
     if let Ok(c) = &config {
         out.push(mail(c, layout.root()));
         out.push(store(c));
+        out.push(messages(&layout, c));
     }
     out.push(protection(&layout, document_root));
     out
