@@ -222,23 +222,15 @@ pub fn deliver_fresh(d: &Delivery<'_>, id: &str, now: u64) -> bool {
 }
 
 /// Handles one message for a retry run or step. An error is logged with the message's id
-/// and becomes [`Handled::Error`] instead of ending the run: the oldest entry comes first,
-/// so one that can never be read (a folder with a message's name, a file without read
-/// permission) would otherwise stop every message behind it, on every run, for good.
-fn handle_logged(d: &Delivery<'_>, id: &str, now: u64) -> Handled {
-    match handle(d, id, now, true) {
-        Ok(outcome) => Handled::Outcome(outcome),
-        Err(e) => {
+/// and becomes `None` instead of ending the run: the oldest entry comes first, so one that
+/// can never be read (a folder with a message's name, a file without read permission)
+/// would otherwise stop every message behind it, on every run, for good.
+fn handle_logged(d: &Delivery<'_>, id: &str, now: u64) -> Option<DeliveryOutcome> {
+    handle(d, id, now, true)
+        .inspect_err(|e| {
             tracing::error!(id, error = %e, "spool entry could not be handled; it stays where it is");
-            Handled::Error
-        }
-    }
-}
-
-/// What a retry run or step made of one entry.
-enum Handled {
-    Outcome(DeliveryOutcome),
-    Error,
+        })
+        .ok()
 }
 
 /// The retry run: every due message in `new/`, oldest first. Busy messages are left to the
@@ -246,12 +238,9 @@ enum Handled {
 pub fn retry(d: &Delivery<'_>, now: u64) -> Result<RetryReport> {
     let mut report = RetryReport::default();
     for id in d.spool.ids(Folder::New)? {
-        let outcome = match handle_logged(d, &id, now) {
-            Handled::Outcome(o) => o,
-            Handled::Error => {
-                report.errors += 1;
-                continue;
-            }
+        let Some(outcome) = handle_logged(d, &id, now) else {
+            report.errors += 1;
+            continue;
         };
         match outcome {
             DeliveryOutcome::Delivered => report.delivered += 1,
@@ -290,14 +279,11 @@ pub fn retry_step(d: &Delivery<'_>, now: u64) -> Result<Option<RetryReport>> {
     };
     let mut report = RetryReport::default();
     for id in ids.iter().take(STEP_LOOKS) {
-        let outcome = match handle_logged(d, id, now) {
-            Handled::Outcome(o) => o,
-            Handled::Error => {
-                // Passed over like a message that is not due: it counts as a look, so a
-                // step stays bounded however many entries are broken.
-                report.errors += 1;
-                continue;
-            }
+        let Some(outcome) = handle_logged(d, id, now) else {
+            // Passed over like a message that is not due: it counts as a look, so a step
+            // stays bounded however many entries are broken.
+            report.errors += 1;
+            continue;
         };
         match outcome {
             DeliveryOutcome::Delivered => report.delivered += 1,
