@@ -173,10 +173,7 @@ fn the_report_over_http_needs_the_admin_token() {
 #[test]
 fn the_bootstrap_secret_opens_the_report_until_the_first_admin_token() {
     let secret = "a-long-one-time-secret-chosen-by-the-operator-42";
-    let digest: String = formwarden::random::hex(&{
-        use sha2::Digest;
-        sha2::Sha256::digest(secret.as_bytes())
-    });
+    let digest = bootstrap_digest(secret);
     let site = Site::with("", &format!("[tokens]\nbootstrap_sha256 = \"{digest}\"\n"));
     let ask = |bearer: &str| {
         site.cgi("tokens", "GET")
@@ -304,9 +301,7 @@ fn given_up_messages_and_a_full_quarantine_are_reported() {
 
     // A message given up: FAIL, with what to do.
     let failing = Site::with_mail_lines("max_attempts = 1\n");
-    let transport = failing.var("mail-out");
-    std::fs::remove_dir(&transport).expect("empty");
-    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    failing.block_mail(true);
     let (id, answer) = failing.challenge("192.0.2.72");
     assert_eq!(failing.contact_post(&id, &answer).run().status, 202);
     let (code, report) = check(&failing, "tokens");

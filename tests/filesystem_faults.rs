@@ -29,11 +29,7 @@ fn assert_honest_post(site: &Site, a: &Answer, stored_before: usize, what: &str)
         "{what}: the process ended normally: {:?}",
         a.code
     );
-    assert!(
-        !a.text().contains(&site.root().display().to_string()),
-        "{what}: no server path shown: {}",
-        a.text()
-    );
+    site.assert_shows_no_path(a, what);
 }
 
 #[test]
@@ -102,11 +98,7 @@ fn plant_folder(path: &Path) {
 /// ends normally) and free of server paths.
 fn assert_controlled(site: &Site, a: &Answer, what: &str) {
     assert_eq!(a.code, Some(0), "{what}: the process ended normally");
-    assert!(
-        !a.text().contains(&site.root().display().to_string()),
-        "{what}: no server path shown: {}",
-        a.text()
-    );
+    site.assert_shows_no_path(a, what);
 }
 
 #[test]
@@ -249,14 +241,11 @@ fn a_folder_where_any_state_file_should_be_gives_controlled_answers_and_loses_no
         site.contact_post(&id, &answer).remote_addr(addr).run()
     };
     // The transport's folder is a file for a moment: the messages wait in the spool.
-    let transport = site.var("mail-out");
-    std::fs::remove_dir(&transport).expect("empty");
-    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    site.block_mail(true);
     for addr in ["198.51.100.101", "198.51.100.102"] {
         assert_eq!(send(addr).status, 202, "spool entry: spooled");
     }
-    std::fs::remove_file(&transport).expect("remove the file");
-    std::fs::create_dir(&transport).expect("the folder again");
+    site.block_mail(false);
     let entry = site.var("spool/new/1700000000-0000000000000000.toml");
     plant_folder(&entry);
     site.advance_clock(24 * 3600);
@@ -380,9 +369,7 @@ fn a_read_only_var_refuses_clearly_keeps_verifying_tokens_and_recovers() {
 #[test]
 fn requeue_all_goes_past_a_failed_entry_it_cannot_read() {
     let site = Site::with_mail_lines("max_attempts = 1\n");
-    let transport = site.var("mail-out");
-    std::fs::remove_dir(&transport).expect("empty");
-    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    site.block_mail(true);
     let (id, answer) = site.challenge("198.51.100.110");
     let post = site
         .contact_post(&id, &answer)
@@ -391,8 +378,7 @@ fn requeue_all_goes_past_a_failed_entry_it_cannot_read() {
     assert_eq!(post.status, 202, "{}", post.text());
     let failed = site.ls("spool/failed");
     assert_eq!(failed.len(), 1, "given up after one attempt");
-    std::fs::remove_file(&transport).expect("the operator fixes it");
-    std::fs::create_dir(&transport).expect("the folder again");
+    site.block_mail(false); // The operator fixes it.
     let broken = site.var("spool/failed/1700000000-0000000000000000.toml");
     plant_folder(&broken);
 

@@ -8,11 +8,7 @@
 use crate::util::*;
 
 fn quarantined(site: &Site) -> Vec<String> {
-    site.ls("spool/quarantine")
-        .into_iter()
-        .filter(|f| f.ends_with(".toml") && !f.starts_with('.'))
-        .map(|f| f.trim_end_matches(".toml").to_string())
-        .collect()
+    site.spool_ids("quarantine")
 }
 
 fn post(site: &Site, fields: &[(&str, String)]) -> Answer {

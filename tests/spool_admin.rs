@@ -31,31 +31,12 @@ fn post_suspect(site: &Site, addr: &str) {
     assert_eq!(a.status, 200, "{}", a.text());
 }
 
-fn ids_in(site: &Site, folder: &str) -> Vec<String> {
-    site.ls(&format!("spool/{folder}"))
-        .into_iter()
-        .filter(|f| f.ends_with(".toml") && !f.starts_with('.'))
-        .map(|f| f.trim_end_matches(".toml").to_string())
-        .collect()
-}
-
-fn assert_no_path(site: &Site, a: &Answer, what: &str) {
-    assert!(
-        !a.text().contains(&site.root().display().to_string()),
-        "{what}: no server path: {}",
-        a.text()
-    );
-}
-
 #[test]
 fn only_a_live_admin_token_opens_the_spool() {
     // The bootstrap secret opens the self-check before the first admin token exists, but
     // never the messages.
     let secret = "a-long-one-time-secret-chosen-by-the-operator-42";
-    let digest: String = formwarden::random::hex(&{
-        use sha2::Digest;
-        sha2::Sha256::digest(secret.as_bytes())
-    });
+    let digest = bootstrap_digest(secret);
     let site = Site::with("", &format!("[tokens]\nbootstrap_sha256 = \"{digest}\"\n"));
     post_suspect(&site, "198.51.100.120");
     let deploy = site.rotate("deploy");
@@ -84,7 +65,7 @@ fn only_a_live_admin_token_opens_the_spool() {
             assert!(!a.text().contains("spam.example"), "{who}: nothing shown");
         }
     }
-    assert_eq!(ids_in(&site, "quarantine").len(), 1, "nothing changed");
+    assert_eq!(site.spool_ids("quarantine").len(), 1, "nothing changed");
 }
 
 #[test]
@@ -93,7 +74,7 @@ fn the_quarantine_is_listed_shown_released_and_deleted_over_http() {
     let admin = site.rotate("admin");
     post_suspect(&site, "198.51.100.121");
     post_suspect(&site, "198.51.100.122");
-    let held = ids_in(&site, "quarantine");
+    let held = site.spool_ids("quarantine");
     assert_eq!(held.len(), 2);
 
     let list = spool(&site, "GET", "do=list&folder=quarantine", Some(&admin));
@@ -135,7 +116,7 @@ fn the_quarantine_is_listed_shown_released_and_deleted_over_http() {
         );
         assert_eq!(busy.status, 503, "{}", busy.text());
         assert_eq!(busy.header("retry-after"), Some("1"));
-        assert_eq!(ids_in(&site, "quarantine").len(), 2);
+        assert_eq!(site.spool_ids("quarantine").len(), 2);
     }
 
     // Release sends it; delete removes the other for good.
@@ -155,7 +136,7 @@ fn the_quarantine_is_listed_shown_released_and_deleted_over_http() {
         Some(&admin),
     );
     assert_eq!(delete.status, 200, "{}", delete.text());
-    assert!(ids_in(&site, "quarantine").is_empty());
+    assert!(site.spool_ids("quarantine").is_empty());
     assert_eq!(site.delivered(), 1, "the deleted one was never sent");
 
     // Both are gone from the quarantine now.
@@ -177,16 +158,14 @@ fn failed_messages_are_requeued_over_http_and_go_out_without_cron() {
     let site = Site::with_mail_lines("max_attempts = 1\n");
     let admin = site.rotate("admin");
     // The transport's folder is a file: the one attempt fails and the message is given up.
-    let transport = site.var("mail-out");
-    std::fs::remove_dir(&transport).expect("empty");
-    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    site.block_mail(true);
     let (id, answer) = site.challenge("198.51.100.123");
     let a = site
         .contact_post(&id, &answer)
         .remote_addr("198.51.100.123")
         .run();
     assert_eq!(a.status, 202, "{}", a.text());
-    let failed = ids_in(&site, "failed");
+    let failed = site.spool_ids("failed");
     assert_eq!(failed.len(), 1, "given up after one attempt");
     let list = spool(&site, "GET", "do=list&folder=failed", Some(&admin));
     assert_eq!(list.status, 200);
@@ -204,8 +183,7 @@ fn failed_messages_are_requeued_over_http_and_go_out_without_cron() {
         assert_eq!(busy.status, 503, "{}", busy.text());
         assert!(busy.text().contains("busy"), "{}", busy.text());
     }
-    std::fs::remove_file(&transport).expect("the operator fixes it");
-    std::fs::create_dir(&transport).expect("the folder again");
+    site.block_mail(false); // The operator fixes it.
     let none = spool(
         &site,
         "POST",
@@ -216,7 +194,7 @@ fn failed_messages_are_requeued_over_http_and_go_out_without_cron() {
     let requeue = spool(&site, "POST", "do=requeue&id=all", Some(&admin));
     assert_eq!(requeue.status, 200, "{}", requeue.text());
     assert!(requeue.text().contains("requeued 1"), "{}", requeue.text());
-    assert_eq!(ids_in(&site, "new"), failed);
+    assert_eq!(site.spool_ids("new"), failed);
 
     // No cron: the next visitor's request sends it after its own answer.
     let get = site
@@ -225,7 +203,7 @@ fn failed_messages_are_requeued_over_http_and_go_out_without_cron() {
         .run();
     assert_eq!(get.status, 200);
     assert_eq!(site.delivered(), 1, "delivered by the after-answer step");
-    assert!(ids_in(&site, "new").is_empty());
+    assert!(site.spool_ids("new").is_empty());
 }
 
 #[test]
@@ -254,12 +232,12 @@ fn wrong_methods_unknown_commands_and_hostile_ids_are_refused() {
         let a = spool(&site, method, query, Some(&admin));
         assert_eq!(a.status, *status, "{method} {query}: {}", a.text());
         assert_eq!(a.code, Some(0), "{method} {query}");
-        assert_no_path(&site, &a, query);
+        site.assert_shows_no_path(&a, query);
         if *status == 405 {
             assert!(a.header("allow").is_some(), "{method} {query}");
         }
     }
-    assert_eq!(ids_in(&site, "quarantine").len(), 1, "nothing changed");
+    assert_eq!(site.spool_ids("quarantine").len(), 1, "nothing changed");
     assert!(site.var("config/config.toml").is_file());
 }
 
@@ -270,10 +248,8 @@ fn a_release_while_the_mail_server_is_away_waits_in_the_spool() {
     let site = Site::new();
     let admin = site.rotate("admin");
     post_suspect(&site, "198.51.100.126");
-    let held = ids_in(&site, "quarantine");
-    let transport = site.var("mail-out");
-    std::fs::remove_dir(&transport).expect("empty");
-    std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+    let held = site.spool_ids("quarantine");
+    site.block_mail(true);
     let release = spool(
         &site,
         "POST",
@@ -281,9 +257,8 @@ fn a_release_while_the_mail_server_is_away_waits_in_the_spool() {
         Some(&admin),
     );
     assert_eq!(release.status, 202, "{}", release.text());
-    assert_eq!(ids_in(&site, "new"), held, "waits in new/");
-    std::fs::remove_file(&transport).expect("back");
-    std::fs::create_dir(&transport).expect("back");
+    assert_eq!(site.spool_ids("new"), held, "waits in new/");
+    site.block_mail(false);
     site.advance_clock(24 * 3600);
     let get = site
         .cgi("captcha", "GET")

@@ -285,6 +285,38 @@ impl Site {
         formwarden::shard::path(&self.var("tmp/ratelimit"), &client_key(addr), ".toml")
     }
 
+    /// Makes the default file transport fail (a file where its folder `var/mail-out`
+    /// should be), or (`false`) work again: a mail server that is away.
+    pub fn block_mail(&self, blocked: bool) {
+        let transport = self.var("mail-out");
+        if blocked {
+            std::fs::remove_dir(&transport).expect("the empty mail folder");
+            std::fs::write(&transport, "blocks delivery").expect("a file in its place");
+        } else {
+            std::fs::remove_file(&transport).expect("remove the file");
+            std::fs::create_dir(&transport).expect("the folder again");
+        }
+    }
+
+    /// Ids of the messages in spool folder `folder` (`new`, `failed`, `quarantine`, …),
+    /// oldest first, temp files left out.
+    pub fn spool_ids(&self, folder: &str) -> Vec<String> {
+        self.ls(&format!("spool/{folder}"))
+            .into_iter()
+            .filter(|f| f.ends_with(".toml") && !f.starts_with('.'))
+            .map(|f| f.trim_end_matches(".toml").to_string())
+            .collect()
+    }
+
+    /// Asserts that answer `a` shows no path of this site (`what` names the case).
+    pub fn assert_shows_no_path(&self, a: &Answer, what: &str) {
+        assert!(
+            !a.text().contains(&self.root().display().to_string()),
+            "{what}: no server path shown: {}",
+            a.text()
+        );
+    }
+
     /// Messages the file transport delivered (`.eml` files in `var/mail-out`).
     pub fn delivered(&self) -> usize {
         self.ls("mail-out")
@@ -357,6 +389,12 @@ pub fn make_var_dirs(var: &Path) {
     {
         std::fs::create_dir_all(&d).expect("mkdir");
     }
+}
+
+/// The `tokens.bootstrap_sha256` value for `secret`, as the operator computes it.
+pub fn bootstrap_digest(secret: &str) -> String {
+    use sha2::Digest;
+    formwarden::random::hex(&sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// The nonce that solves challenge `id`'s puzzle of `bits` bits, by the service's own check
