@@ -133,7 +133,7 @@ impl App {
         .with_store(store.clone());
         let spool = Spool::new(layout.spool_dir());
         let quota = crate::quota::Quota::new(
-            layout.tokens_dir().with_file_name("mail-quota.toml"),
+            layout.mail_quota_file(),
             locks.clone(),
             config.mail.max_per_hour,
             config.mail.max_per_day,

@@ -252,6 +252,11 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Plain UTF-8 text.
+    pub fn text(status: u16, body: String) -> Response {
+        Response::bytes(status, "text/plain; charset=utf-8", body.into_bytes())
+    }
+
     /// An HTML page.
     pub fn html(status: u16, page: String) -> Response {
         let mut r = Response::new(status).header("Content-Type", "text/html; charset=utf-8");

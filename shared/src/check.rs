@@ -3,8 +3,8 @@
 //! writable by the user running us, does `flock` work on that file system and is it not a
 //! network one, is randomness available, is the clock sane, is the mail transport usable,
 //! is `var/` protected from the web, do the files the programs wrote belong to the account
-//! running them, are messages given up or the quarantine full. Each finding is one line in plain words that says what
-//! to do. The check writes only its own probe files (through `atomic`) and removes them;
+//! running them, are messages given up or the quarantine full. Each finding is one line in
+//! plain words that says what to do. The check writes only its own probe files (through `atomic`) and removes them;
 //! it never changes or reads visitors' state (of the spool it counts only names).
 
 use crate::app::App;
@@ -163,10 +163,7 @@ fn ownership(layout: &Layout) -> Finding {
         foreign: 0,
         first: None,
     };
-    let singles = [
-        layout.tmp_dir().join("sweep.toml"),
-        layout.tokens_dir().with_file_name("mail-quota.toml"),
-    ];
+    let singles = [layout.sweep_marker(), layout.mail_quota_file()];
     for path in singles.iter().filter(|p| crate::fsio::exists(p)) {
         t.look(path);
     }
@@ -306,8 +303,6 @@ fn mail(config: &Config, root: &Path) -> Finding {
     }
 }
 
-/// Whether the web can reach `var/`: only when it lies inside the document root (known
-/// over HTTP), and then a `var/.htaccess` that denies everything must be there.
 /// The messages that need the operator: given up in `failed/` (the mail settings are wrong
 /// or the server refuses them) and a full quarantine (new suspects are refused with 503).
 /// Only the names are counted; no message is read. Waiting messages are reported, not a
@@ -369,6 +364,8 @@ fn store(config: &Config) -> Finding {
     }
 }
 
+/// Whether the web can reach `var/`: only when it lies inside the document root (known
+/// over HTTP), and then a `var/.htaccess` that denies everything must be there.
 fn protection(layout: &Layout, document_root: Option<&Path>) -> Finding {
     let var = layout.var();
     let inside = document_root.is_some_and(|d| var.starts_with(d))

@@ -775,11 +775,7 @@ fn json_or_text(req: &Request, status: u16, code: &str, message: &str) -> Respon
             .render(),
         )
     } else {
-        Response::bytes(
-            status,
-            "text/plain; charset=utf-8",
-            format!("{message}\n").into_bytes(),
-        )
+        Response::text(status, format!("{message}\n"))
     }
 }
 
@@ -1026,9 +1022,7 @@ fn token_spool(req: &Request, app: &App, t: u64) -> Response {
     if command != "list" && !(is_valid_id(&id) || (command == "requeue" && id == "all")) {
         return json_or_text(req, 400, "bad_request", "id is not a spool id");
     }
-    let text = |status: u16, body: String| {
-        Response::bytes(status, "text/plain; charset=utf-8", body.into_bytes())
-    };
+    let text = Response::text;
     let d = app.delivery();
     let done = match command.as_str() {
         "list" => {

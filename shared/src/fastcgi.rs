@@ -1110,11 +1110,7 @@ fn serve_requests<S: Wire>(
                     limit = limits.max_params_bytes,
                     "FastCGI request with too many parameters refused"
                 );
-                let resp = Response::bytes(
-                    400,
-                    "text/plain; charset=utf-8",
-                    b"Request header fields too large.\n".to_vec(),
-                );
+                let resp = Response::text(400, "Request header fields too large.\n".into());
                 conn.answer(b.id, &resp.to_cgi())?;
             }
             Incoming::Complete {

@@ -54,11 +54,7 @@ pub fn overrun_response(saved: bool) -> Response {
              Der Server hat zu lange gebraucht. Falls Sie eine Nachricht gesendet haben, wurde sie NICHT empfangen: bitte versuchen Sie es in einigen Minuten erneut.\n",
         )
     };
-    let resp = Response::bytes(
-        status,
-        "text/plain; charset=utf-8",
-        text.as_bytes().to_vec(),
-    );
+    let resp = Response::text(status, text.to_string());
     if saved {
         resp
     } else {

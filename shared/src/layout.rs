@@ -59,6 +59,14 @@ impl Layout {
     pub fn config_dir(&self) -> PathBuf {
         self.var().join("config")
     }
+    /// `var/tmp/sweep.toml`: where the sweep goes on next (`sweep`).
+    pub fn sweep_marker(&self) -> PathBuf {
+        self.tmp_dir().join("sweep.toml")
+    }
+    /// `var/state/mail-quota.toml`: the sends counted against the host's quota (`quota`).
+    pub fn mail_quota_file(&self) -> PathBuf {
+        self.var().join("state").join("mail-quota.toml")
+    }
     /// `var/lock/`.
     pub fn lock_dir(&self) -> PathBuf {
         self.var().join("lock")

@@ -192,7 +192,7 @@ pub fn run(app: &App, now: u64) -> Result<Option<Swept>> {
 /// Runs one bounded step when the last one is older than [`STEP_INTERVAL`]; errors are
 /// logged and swallowed, because a visitor's request must not fail over housekeeping.
 pub fn maybe_run(app: &App, now: u64) {
-    let marker = app.layout.tmp_dir().join("sweep.toml");
+    let marker = app.layout.sweep_marker();
     let due = |m: &state::Loaded<Marker>| match m {
         state::Loaded::Valid(m) => now >= m.last_step + STEP_INTERVAL,
         _ => true,
